@@ -1,0 +1,117 @@
+"""Entry point: flags -> settings -> engine -> Wyoming server (+ zeroconf).
+
+Start-up problems (a bad flag, a missing model, a model the backend cannot
+serve) end the process with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from functools import partial
+from urllib.parse import urlparse
+
+from wyoming.server import AsyncServer
+
+from . import __version__
+from .engine import Engine, EngineError
+from .engine.factory import create_engine
+from .handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
+from .languages import AUTO, to_model_language
+from .model_files import ModelError, resolve_model_dir
+from .settings import Settings, SettingsError, parse_settings
+
+_LOGGER = logging.getLogger("wyoming_qwen3tts")
+
+PROGRAM_NAME = "qwen3-tts"
+
+
+class StartupError(Exception):
+    """The server cannot start; the message names the fix."""
+
+
+def handler_options(settings: Settings, engine: Engine) -> HandlerOptions:
+    """Check the default voice and language against the loaded model."""
+    names = [voice.name for voice in engine.voices()]
+    default_voice = settings.voice
+    if default_voice is not None and default_voice.lower() not in {n.lower() for n in names}:
+        raise StartupError(f"--voice {default_voice!r} is not a voice of this model; choose one of: {', '.join(names)}")
+    language = to_model_language(settings.language, list(engine.languages()))
+    if language is None:
+        raise StartupError(
+            f"--language {settings.language!r} is not spoken by this model; use auto or one of: "
+            f"{', '.join(engine.languages())}"
+        )
+    return HandlerOptions(
+        default_voice=default_voice,
+        default_language=language or AUTO,
+        samples_per_chunk=settings.samples_per_chunk,
+        max_text_chars=settings.max_text_chars,
+        program_name=PROGRAM_NAME,
+        version=__version__,
+    )
+
+
+def load_engine(settings: Settings) -> Engine:
+    """Find the model, load it with the chosen backend and warm it up."""
+    model_dir = resolve_model_dir(settings.model, settings.data_dir)
+    engine = create_engine(settings, model_dir)
+    if settings.warmup:
+        _LOGGER.info("Warming up")
+        engine.warmup()
+    return engine
+
+
+async def serve(settings: Settings, engine: Engine) -> None:
+    """Serve Wyoming clients until cancelled."""
+    options = handler_options(settings, engine)
+    inference = InferenceQueue()
+    server = AsyncServer.from_uri(settings.uri)
+    advertisement = None
+    if settings.zeroconf:
+        from .discovery import advertise
+
+        parsed = urlparse(settings.uri)
+        if parsed.scheme != "tcp" or parsed.port is None:
+            raise StartupError("--zeroconf needs a tcp:// --uri with a port")
+        advertisement = await advertise(settings.zeroconf, parsed.port, parsed.hostname, settings.zeroconf_host)
+    _LOGGER.info("Ready at %s with voices: %s", settings.uri, ", ".join(v.name for v in engine.voices()))
+    try:
+        await server.run(partial(Qwen3TTSEventHandler, engine, options, inference))
+    finally:
+        if advertisement is not None:
+            await advertisement.close()
+        inference.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server; return the process exit code."""
+    try:
+        settings = parse_settings(argv)
+    except SettingsError as err:
+        print(f"wyoming-qwen3tts: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO, format=settings.log_format)
+    if not settings.debug:
+        for noisy in ("transformers", "urllib3", "numba", "httpx", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        engine = load_engine(settings)
+        asyncio.run(serve(settings, engine))
+    except (SettingsError, ModelError, EngineError, StartupError) as err:
+        _LOGGER.debug("Start-up failed", exc_info=True)
+        print(f"wyoming-qwen3tts: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
