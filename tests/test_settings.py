@@ -1,0 +1,88 @@
+"""Flags, environment variables and defaults resolve in that order, and bad values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wyoming_qwen3tts.settings import Settings, SettingsError, parse_settings
+
+
+def test_defaults():
+    settings = parse_settings([], environ={})
+    assert settings == Settings()
+    assert settings.uri == "tcp://0.0.0.0:10200"
+    assert settings.model == "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+
+
+def test_flag_beats_environment_beats_default():
+    environ = {"CPU_THREADS": "3", "TTS_DTYPE": "bfloat16", "QWEN3TTS_VOICE": "ryan"}
+    settings = parse_settings(["--threads", "5"], environ=environ)
+    assert settings.threads == 5
+    assert settings.dtype == "bfloat16"
+    assert settings.voice == "ryan"
+
+
+def test_known_environment_names_of_other_cpu_servers():
+    environ = {
+        "TTS_MODEL_ID": "/models/x",
+        "TTS_ATTN": "eager",
+        "CPU_INTEROP": "2",
+        "TTS_WARMUP_ON_START": "false",
+        "TTS_DEVICE": "cpu",
+    }
+    settings = parse_settings([], environ=environ)
+    assert (settings.model, settings.attn, settings.interop_threads, settings.warmup) == ("/models/x", "eager", 2, False)
+
+
+def test_our_names_win_over_the_legacy_ones():
+    settings = parse_settings([], environ={"QWEN3TTS_MODEL": "/a", "TTS_MODEL_ID": "/b"})
+    assert settings.model == "/a"
+
+
+@pytest.mark.parametrize(
+    ("environ", "needle"),
+    [
+        ({"CPU_THREADS": "many"}, "CPU_THREADS"),
+        ({"TTS_DTYPE": "int3"}, "TTS_DTYPE"),
+        ({"TTS_WARMUP_ON_START": "maybe"}, "TTS_WARMUP_ON_START"),
+        ({"TTS_DEVICE": "cuda"}, "cpu"),
+        ({"USE_IPEX": "1"}, "not available yet"),
+        ({"OV_MODEL_DIR": "/ov"}, "not available yet"),
+        ({"TTS_BACKEND": "openvino"}, "not available yet"),
+    ],
+)
+def test_bad_environment_values_are_named(environ, needle):
+    with pytest.raises(SettingsError, match=needle):
+        parse_settings([], environ=environ)
+
+
+def test_bad_flag_value_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(["--dtype", "int3"], environ={})
+    assert exit_info.value.code == 2
+    assert "--dtype" in capsys.readouterr().err
+
+
+def test_zeroconf_flag_takes_an_optional_name():
+    assert parse_settings(["--zeroconf"], environ={}).zeroconf == "qwen3-tts"
+    assert parse_settings(["--zeroconf", "kitchen"], environ={}).zeroconf == "kitchen"
+    assert parse_settings([], environ={}).zeroconf is None
+
+
+def test_warmup_flag_pair():
+    assert parse_settings(["--no-warmup"], environ={"TTS_WARMUP_ON_START": "1"}).warmup is False
+    assert parse_settings(["--warmup"], environ={"TTS_WARMUP_ON_START": "0"}).warmup is True
+
+
+def test_voices_dir_must_exist(tmp_path):
+    with pytest.raises(SettingsError, match="not a directory"):
+        parse_settings(["--voices-dir", str(tmp_path / "missing")], environ={})
+    assert parse_settings(["--voices-dir", str(tmp_path)], environ={}).voices_dir == Path(tmp_path)
+
+
+def test_auto_dtype_follows_the_cpu_it_runs_on():
+    assert Settings(dtype="auto").resolved_dtype(native_bf16=True) == "bfloat16"
+    assert Settings(dtype="auto").resolved_dtype(native_bf16=False) == "float32"
+    assert Settings(dtype="float32").resolved_dtype(native_bf16=True) == "float32"
