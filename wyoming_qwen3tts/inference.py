@@ -1,0 +1,90 @@
+"""The one worker thread that runs every engine call, shared by all connections.
+
+PyTorch on a few CPU cores gains nothing from synthesizing two texts in
+parallel, and engine calls block, so they must stay off the event loop
+(which keeps answering describe and reading sockets meanwhile). Jobs run
+one at a time in the order they were submitted. Each step of an engine
+generator is its own job and a connection submits its next step only after
+the previous one returned, so several connections' syntheses interleave
+chunk by chunk instead of one waiting for another's whole text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_EXHAUSTED = object()
+
+
+class InferenceQueue:
+    """Runs blocking engine work on one shared worker thread, first come first served.
+
+    initializer runs once on the worker thread before its first job (for
+    thread-local settings such as torch's grad mode).
+    """
+
+    def __init__(
+        self,
+        initializer: Callable[[], Any] | None = None,
+        thread_name: str = "qwen3tts-inference",
+    ) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=thread_name, initializer=initializer
+        )
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once close() or aclose() was called."""
+        return self._closed
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Run func(*args) on the worker thread and return its result.
+
+        Raises RuntimeError once closed. Cancelling the caller does not
+        interrupt a job that already started; it finishes on its own.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def iterate(self, func: Callable[..., Iterator[T]], *args: Any) -> AsyncGenerator[T, None]:
+        """Call func(*args) on the worker thread and yield its items, each next() one job.
+
+        Use it inside contextlib.aclosing(): when the consumer stops early or
+        is cancelled, the generator is closed on the worker thread, after any
+        step of it still running there.
+        """
+        items = await self.run(func, *args)
+        try:
+            while True:
+                item = await self.run(next, items, _EXHAUSTED)
+                if item is _EXHAUSTED:
+                    return
+                yield item
+        finally:
+            self._close_later(items)
+
+    def close(self, wait: bool = True) -> None:
+        """Refuse new jobs, drop queued ones and (if wait) block until the running one ends."""
+        self._closed = True
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """close(wait=True) without blocking the event loop."""
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+    def _close_later(self, items: Iterator[Any]) -> None:
+        # A generator cannot be closed while a step of it runs on the worker,
+        # so its close() is queued behind that step.
+        close = getattr(items, "close", None)
+        if close is None:
+            return
+        try:
+            self._executor.submit(close)
+        except RuntimeError:  # closed: the generator is simply dropped
+            pass
