@@ -1,0 +1,497 @@
+"""Write a complete random-weight Qwen3-TTS model directory from configuration dicts.
+
+No machine of this project can download the real weights, yet tests, demos and benchmarks need a model
+directory that loads through the real path, `qwen_tts.Qwen3TTSModel.from_pretrained(dir)`, and runs the
+real qwen-tts code. This module builds one: the real classes, a configuration given as the dicts that
+config.json and speech_tokenizer/config.json hold, seeded random weights saved as safetensors, a small
+byte-level BPE text tokenizer and the processor and generation configs.
+
+`write_model_dir(out_dir, spec, seed)` does the writing; a `ModelSpec` says what to write.
+`reference_spec(kind, size)` makes the spec of a real-size model ("real-0.6b", "real-1.7b") from the
+public configs in the reference directory, with the real vocab.json and a minimal merges.txt;
+`wyoming_qwen3tts.tiny_model` makes the tiny one the tests use.
+
+Random weights need three fixes to behave (see `_calibrate`): the codec codebooks start as zeros and
+decode to silence, so they get random values like every other matrix; the talker's EOS row of
+codec_head is zeroed, so its logit is exactly 0 while the best of the 2048 code logits is positive and a
+generation runs to max_new_tokens; the codec's last convolution is scaled so decoded audio has an RMS of
+about 0.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KINDS = ("custom_voice", "base", "voice_design")
+
+REFERENCE_DIR_ENV = "QWEN3TTS_REFERENCE_CONFIGS"
+DEFAULT_REFERENCE_DIR = Path("/work/shared/reference/qwen3-tts-configs")
+
+# The transformers version the real configs were saved with. It matters for real-size vocabularies:
+# for a local tokenizer of more than 100000 tokens whose config.json names a version above 4.57.2,
+# transformers 4.57.3 (asked by qwen-tts for fix_mistral_regex=True) swaps the split regex for the
+# "fixed Mistral" one, as it does for the real checkpoints. (The tiny vocabulary keeps the Qwen2 regex.)
+TRANSFORMERS_VERSION = "4.57.3"
+
+SAMPLE_RATE = 24000
+SAMPLES_PER_FRAME = 1920  # 12.5 frames per second at 24 kHz
+NUM_CODE_GROUPS = 16
+CODEBOOK_SIZE = 2048
+CODEC_VOCAB_SIZE = 3072
+
+# Codec-token ids of the talker, as in every real 12 Hz config.
+CODEC_SPECIAL_IDS = {
+    "codec_pad_id": 2148,
+    "codec_bos_id": 2149,
+    "codec_eos_token_id": 2150,
+    "codec_think_id": 2154,
+    "codec_nothink_id": 2155,
+    "codec_think_bos_id": 2156,
+    "codec_think_eos_id": 2157,
+}
+LANGUAGE_IDS = {
+    "chinese": 2055,
+    "english": 2050,
+    "german": 2053,
+    "italian": 2070,
+    "portuguese": 2071,
+    "spanish": 2054,
+    "japanese": 2058,
+    "korean": 2064,
+    "french": 2061,
+    "russian": 2069,
+}
+# The CustomVoice checkpoints add the dialects their two dialect speakers use.
+DIALECT_LANGUAGE_IDS = {"beijing_dialect": 2074, "sichuan_dialect": 2062}
+CUSTOM_VOICE_SPEAKERS = {
+    "serena": 3066,
+    "vivian": 3065,
+    "uncle_fu": 3010,
+    "ryan": 3061,
+    "aiden": 2861,
+    "ono_anna": 2873,
+    "sohee": 2864,
+    "eric": 2875,
+    "dylan": 2878,
+}
+CUSTOM_VOICE_DIALECTS: dict[str, str | bool] = {name: False for name in CUSTOM_VOICE_SPEAKERS}
+CUSTOM_VOICE_DIALECTS.update(eric="sichuan_dialect", dylan="beijing_dialect")
+
+# The keys Qwen3TTSSpeakerEncoderConfig.__init__ accepts; it takes no **kwargs, so any other key in
+# config.json (model_type, transformers_version, ...) makes the config fail to load.
+SPEAKER_ENCODER_KEYS = (
+    "mel_dim",
+    "enc_dim",
+    "enc_channels",
+    "enc_kernel_sizes",
+    "enc_dilations",
+    "enc_attention_channels",
+    "enc_res2net_scale",
+    "enc_se_channels",
+    "sample_rate",
+)
+
+# Text of the chat template qwen-tts builds, and the token counts its slicing assumes:
+# input_id[:, :3] is "<|im_start|>assistant\n", input_id[:, -5:] is "<|im_end|>\n<|im_start|>assistant\n".
+ROLE_PREFIX = "<|im_start|>assistant\n"
+TEXT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+
+PROCESSOR_CONFIG = {
+    "padding_side": "left",
+    "padding_value": 0.0,
+    "processor_class": "Qwen3TTSProcessor",
+    "return_attention_mask": True,
+}
+SPEECH_TOKENIZER_PREPROCESSOR_CONFIG = {
+    "chunk_length_s": None,
+    "feature_extractor_type": "EncodecFeatureExtractor",
+    "feature_size": 1,
+    "overlap": None,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "return_attention_mask": True,
+    "sampling_rate": SAMPLE_RATE,
+}
+MODELSCOPE_CONFIGURATION = {"framework": "Pytorch", "task": "text-to-speech"}
+SPEECH_TOKENIZER_MODELSCOPE_CONFIGURATION = {
+    "framework": "pytorch",
+    "task": "feature-extraction",
+    "allow_remote": True,
+}
+
+# Calibration targets (see _calibrate).
+CODEC_HEAD_GAIN = 4.0  # code logits get a standard deviation of about 4
+TARGET_RMS = 0.1  # decoded audio level
+CALIBRATION_FRAMES = 8
+
+
+@dataclass
+class TextTokenizerSpec:
+    """A byte-level BPE tokenizer: vocab.json, merges.txt and the tokenizer_config.json."""
+
+    vocab: dict[str, int]
+    merges: list[tuple[str, str]]
+    tokenizer_config: dict[str, Any]
+
+
+@dataclass
+class ModelSpec:
+    """Everything a model directory holds besides the weights.
+
+    config and speech_tokenizer_config are the dicts written as config.json and
+    speech_tokenizer/config.json; dtype is the dtype the weights are saved in.
+    """
+
+    config: dict[str, Any]
+    speech_tokenizer_config: dict[str, Any]
+    tokenizer: TextTokenizerSpec
+    generation_config: dict[str, Any]
+    dtype: str = "float32"
+    extra_files: dict[str, Any] = field(default_factory=dict)
+
+
+def reference_dir() -> Path:
+    """The directory of the public Qwen3-TTS configs ($QWEN3TTS_REFERENCE_CONFIGS overrides)."""
+    return Path(os.environ.get(REFERENCE_DIR_ENV, DEFAULT_REFERENCE_DIR))
+
+
+def deep_update(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge overrides into base in place, recursing into nested dicts; return base."""
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def apply_overrides(spec: ModelSpec, overrides: Mapping[str, Any] | None) -> ModelSpec:
+    """Deep-merge {"config": {...}, "speech_tokenizer_config": {...}, "generation_config": {...}}."""
+    for name, value in (overrides or {}).items():
+        if name not in ("config", "speech_tokenizer_config", "generation_config"):
+            raise ValueError(f"cannot override {name!r}")
+        deep_update(getattr(spec, name), value)
+    return spec
+
+
+def kind_settings(kind: str) -> dict[str, Any]:
+    """The top-level and talker values that make a checkpoint of the given kind."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}, expected one of {', '.join(KINDS)}")
+    if kind == "custom_voice":
+        return {
+            "tts_model_type": kind,
+            "talker_config": {
+                "spk_id": dict(CUSTOM_VOICE_SPEAKERS),
+                "spk_is_dialect": dict(CUSTOM_VOICE_DIALECTS),
+                "codec_language_id": {**LANGUAGE_IDS, **DIALECT_LANGUAGE_IDS},
+            },
+        }
+    return {
+        "tts_model_type": kind,
+        "talker_config": {"spk_id": {}, "spk_is_dialect": {}, "codec_language_id": dict(LANGUAGE_IDS)},
+    }
+
+
+# ---------------------------------------------------------------- text tokenizer
+
+
+def byte_symbols() -> list[str]:
+    """The 256 byte-level symbols in GPT-2/Qwen2 vocabulary order ("!" is 0, "Ċ" 198, "Ġ" 220)."""
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
+
+
+def to_byte_level(text: str) -> str:
+    """Spell text in byte-level symbols, as vocab.json and merges.txt do ("\\n" becomes "Ċ")."""
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in text.encode("utf-8"))
+
+
+def merges_for_words(words: Iterable[str], vocab: Mapping[str, int]) -> list[tuple[str, str]]:
+    """Merges that make each byte-level word a single token, using only tokens vocab has.
+
+    Each word is split into a binary tree whose every node is in vocab (left-heavy splits first, so a
+    vocab holding all prefixes gives a left-to-right chain); children merge before their parent.
+    """
+    memo: dict[str, list[tuple[str, str]] | None] = {}
+
+    def build(piece: str) -> list[tuple[str, str]] | None:
+        if piece in memo:
+            return memo[piece]
+        result: list[tuple[str, str]] | None = None
+        if piece in vocab:
+            if len(piece) == 1:
+                result = []
+            else:
+                for cut in range(len(piece) - 1, 0, -1):
+                    left, right = build(piece[:cut]), build(piece[cut:])
+                    if left is not None and right is not None:
+                        result = left + right + [(piece[:cut], piece[cut:])]
+                        break
+        memo[piece] = result
+        return result
+
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        chain = build(word)
+        if chain is None:
+            raise ValueError(f"vocab cannot spell {word!r} as one token")
+        merges.extend(m for m in chain if m not in merges)
+    return merges
+
+
+def added_token_entry(content: str, special: bool = True) -> dict[str, Any]:
+    """One added_tokens_decoder entry of tokenizer_config.json."""
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": special,
+    }
+
+
+def qwen2_tokenizer_config(added: Mapping[int, str]) -> dict[str, Any]:
+    """A Qwen2Tokenizer tokenizer_config.json with the given special tokens (id -> content)."""
+    specials = [c for c in added.values() if c not in ("<|endoftext|>", "<tts_text_eod>")]
+    config: dict[str, Any] = {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": {str(i): added_token_entry(c) for i, c in sorted(added.items())},
+        "additional_special_tokens": specials,
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    return config
+
+
+def check_text_tokenizer(model_dir: Path, config: Mapping[str, Any]) -> None:
+    """Fail unless the tokenizer splits qwen-tts' chat template where qwen-tts slices it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, fix_mistral_regex=True)
+    ids = tokenizer(ROLE_PREFIX + "Hello" + TEXT_SUFFIX)["input_ids"]
+    head = [config["im_start_token_id"], config["assistant_token_id"], tokenizer.convert_tokens_to_ids("Ċ")]
+    tail = [config["im_end_token_id"], head[2], *head]
+    if ids[:3] != head or ids[-5:] != tail:
+        raise ValueError(f"tokenizer splits the chat template wrongly: {ids}")
+    for name in ("tts_bos_token_id", "tts_eos_token_id", "tts_pad_token_id"):
+        if not 0 <= config[name] < config["talker_config"]["text_vocab_size"]:
+            raise ValueError(f"{name} {config[name]} lies outside text_vocab_size")
+    if len(tokenizer) > config["talker_config"]["text_vocab_size"]:
+        raise ValueError(f"text_vocab_size is smaller than the tokenizer ({len(tokenizer)})")
+
+
+# ---------------------------------------------------------------- real-size specs
+
+
+def reference_spec(kind: str, size: str = "real-0.6b", directory: Path | None = None) -> ModelSpec:
+    """The spec of a real-size random model, from the public configs.
+
+    size "real-0.6b" uses the 0.6B-Base config (custom_voice gets the CustomVoice speaker table);
+    "real-1.7b" uses the 1.7B-Base config and is the only real size that has voice_design.
+    Weights are bfloat16 to keep the files small (about 1.8 GB for 0.6B).
+    """
+    directory = directory or reference_dir()
+    sources = {"real-0.6b": "Qwen3-TTS-12Hz-0.6B-Base", "real-1.7b": "Qwen3-TTS-12Hz-1.7B-Base"}
+    if size not in sources:
+        raise ValueError(f"unknown real size {size!r}, expected one of {', '.join(sources)}")
+    if kind == "voice_design" and size != "real-1.7b":
+        raise ValueError("VoiceDesign exists only at 1.7B: use size real-1.7b")
+    source = directory / sources[size]
+
+    def load(name: str) -> Any:
+        with open(source / name, encoding="utf-8") as f:
+            return json.load(f)
+
+    config = load("config.json")
+    deep_update(config, kind_settings(kind))
+    if kind != "base":
+        config.pop("speaker_encoder_config", None)  # as in the real CustomVoice config
+    vocab = load("vocab.json")
+    tokenizer_config = load("tokenizer_config.json")
+    words = [to_byte_level(w) for w in ("assistant", "user", "system")]
+    merges = merges_for_words(words, vocab)
+    return ModelSpec(
+        config=config,
+        speech_tokenizer_config=load("speech_tokenizer/config.json"),
+        tokenizer=TextTokenizerSpec(vocab=vocab, merges=merges, tokenizer_config=tokenizer_config),
+        generation_config=load("generation_config.json"),
+        dtype="bfloat16",
+    )
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _tensor_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def _randomize(module: Any, seed: int, prefix: str = "") -> None:
+    """Give every matrix (and every bias) seeded random values; 1-D constants keep their init.
+
+    Each tensor's values depend only on the seed and prefix + its name, not on the global RNG.
+    Matrices get N(0, 1/fan_in) with fan_in the product of all but the first dimension; this also
+    covers the codec codebooks (decoder embedding_sum parameters, encoder embed_sum buffers) that
+    start as zeros. Norm weights, layer scales, SnakeBeta parameters and cluster usage keep their
+    constructor constants.
+    """
+    import torch
+
+    generator = torch.Generator()
+    tensors = dict(module.named_parameters())
+    tensors.update((n, b) for n, b in module.named_buffers() if n.endswith("embed_sum"))
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if tensor.ndim >= 2:
+                std = tensor[0].numel() ** -0.5
+            elif name.endswith(".bias"):
+                std = 0.02
+            else:
+                continue
+            generator.manual_seed(_tensor_seed(seed, prefix + name))
+            tensor.normal_(0.0, std, generator=generator)  # in place: no copy of a 151936 x 2048 table
+
+
+def _calibrate(model: Any, codec: Any, config: Mapping[str, Any], seed: int) -> None:
+    """Make random weights generate like a model: no EOS, audible non-clipping audio."""
+    import torch
+
+    talker = config["talker_config"]
+    with torch.no_grad():
+        head = model.talker.codec_head.weight
+        head.mul_(CODEC_HEAD_GAIN)
+        # The EOS logit is exactly 0 while the 2048 code logits are about N(0, 16) each: their maximum
+        # is positive except with probability 2**-2048, so greedy decoding never stops early. Sampling
+        # keeps EOS out of any top_k below ~1000 (the default is 50); without top_k it picks EOS with
+        # probability ~1e-7 per step. (qwen-tts suppresses the other ids from 2048 up.)
+        head[talker["codec_eos_token_id"]].zero_()
+
+        generator = torch.Generator().manual_seed(_tensor_seed(seed, "calibration"))
+        num_groups = codec.config.decoder_config.num_quantizers
+        codes = torch.randint(0, CODEBOOK_SIZE, (1, num_groups, CALIBRATION_FRAMES), generator=generator)
+        # The decoder clamps its output to [-1, 1]; measure the last convolution's output before that.
+        last = codec.decoder.decoder[-1].conv
+        captured = []
+        hook = last.register_forward_hook(lambda _module, _args, output: captured.append(output))
+        try:
+            codec.decoder(codes)
+        finally:
+            hook.remove()
+        rms = float(captured[0].float().pow(2).mean().sqrt())
+        if rms > 0:
+            scale = TARGET_RMS / rms
+            last.weight.mul_(scale)
+            if last.bias is not None:
+                last.bias.mul_(scale)
+
+
+def _save_weights(module: Any, path: Path, dtype: Any) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().to(dtype).contiguous() for name, t in module.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    path.chmod(0o644)  # safetensors writes 0600; the other files get the usual mode
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def _clean_config(spec: ModelSpec) -> dict[str, Any]:
+    config = copy.deepcopy(spec.config)
+    config.setdefault("transformers_version", TRANSFORMERS_VERSION)
+    encoder = config.get("speaker_encoder_config")
+    if encoder is not None:
+        config["speaker_encoder_config"] = {k: v for k, v in encoder.items() if k in SPEAKER_ENCODER_KEYS}
+    return config
+
+
+def write_model_dir(out_dir: Path | str, spec: ModelSpec, seed: int = 0, check: bool = True) -> Path:
+    """Write spec with seeded random weights as a loadable model directory; return its path.
+
+    The directory holds config.json, generation_config.json, preprocessor_config.json,
+    tokenizer_config.json, vocab.json, merges.txt, model.safetensors and speech_tokenizer/ with
+    config.json, preprocessor_config.json and model.safetensors. check verifies the tokenizer splits
+    the chat template where qwen-tts slices it.
+    """
+    import torch
+
+    from .qwen_import import import_qwen_tts
+
+    import_qwen_tts()
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = _clean_config(spec)
+    dtype = getattr(torch, spec.dtype)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**copy.deepcopy(config))).eval()
+            codec = Qwen3TTSTokenizerV2Model(
+                Qwen3TTSTokenizerV2Config(**copy.deepcopy(spec.speech_tokenizer_config))
+            ).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
+        _randomize(model, seed)
+        _randomize(codec, seed, prefix="speech_tokenizer.")
+        _calibrate(model, codec, config, seed)
+
+    _save_weights(model, out / "model.safetensors", dtype)
+    del model
+    speech_dir = out / "speech_tokenizer"
+    speech_dir.mkdir(exist_ok=True)
+    _save_weights(codec, speech_dir / "model.safetensors", dtype)
+    del codec
+
+    speech_config = copy.deepcopy(spec.speech_tokenizer_config)
+    speech_config.setdefault("transformers_version", TRANSFORMERS_VERSION)
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", spec.generation_config)
+    _write_json(out / "preprocessor_config.json", PROCESSOR_CONFIG)
+    _write_json(out / "configuration.json", MODELSCOPE_CONFIGURATION)
+    _write_json(speech_dir / "config.json", speech_config)
+    _write_json(speech_dir / "preprocessor_config.json", SPEECH_TOKENIZER_PREPROCESSOR_CONFIG)
+    _write_json(speech_dir / "configuration.json", SPEECH_TOKENIZER_MODELSCOPE_CONFIGURATION)
+    _write_json(out / "tokenizer_config.json", spec.tokenizer.tokenizer_config)
+    with open(out / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump(spec.tokenizer.vocab, f, ensure_ascii=False, separators=(",", ":"))
+    with open(out / "merges.txt", "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        f.writelines(f"{a} {b}\n" for a, b in spec.tokenizer.merges)
+    for name, content in spec.extra_files.items():
+        _write_json(out / name, content)
+
+    if check:
+        check_text_tokenizer(out, config)
+    return out
