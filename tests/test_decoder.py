@@ -1,0 +1,186 @@
+"""StreamingDecoder must give, chunk by chunk, the samples of decoding the whole utterance at once.
+
+The codec decoder here is tiny (few channels, 2 transformer layers) but keeps what the streaming state
+depends on: upsample rates [8, 5, 4, 3] and [2, 2], 16 codebooks of 2048 and a 72-frame sliding window.
+Its weights are random and seeded; the codebooks, SnakeBeta parameters and layer scales are randomised
+too (they start at zero or near it, which would decode to silence or hide the carried state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wyoming_qwen3tts.engine.decoder import MAX_FRAMES_PER_PASS, DecoderState, StreamingDecoder
+from wyoming_qwen3tts.qwen_import import import_qwen_tts
+
+FRAMES = 90  # longer than the 72-frame attention window and upstream's 25 frames of context
+SAMPLES = 1920
+CHUNKS = (1, 2, 3, 4, 7, 8, 5, 13, 20, 27)  # uneven; sums to FRAMES, crosses frame 72 mid-chunk
+
+
+def random_decoder(kv_heads: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A tiny Qwen3TTSTokenizerV2Decoder with seeded random weights, scaled to stay well below clipping."""
+    import_qwen_tts()
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import (
+        Qwen3TTSTokenizerV2DecoderConfig,
+    )
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Decoder
+
+    config = Qwen3TTSTokenizerV2DecoderConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=kv_heads,
+        head_dim=16,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        latent_dim=16,
+        codebook_dim=16,
+        decoder_dim=32,
+    )
+    torch.manual_seed(seed)
+    decoder = Qwen3TTSTokenizerV2Decoder(config).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in decoder.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if name.endswith("cluster_usage"):
+                param.fill_(1.0)
+            elif name.endswith("embedding_sum"):
+                param.copy_(noise)
+            elif param.dim() >= 2:
+                param.copy_(0.6 * noise / math.sqrt(param[0].numel()))
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.1 * noise)
+            else:  # biases, SnakeBeta alpha/beta (log scale), ConvNeXt gamma, layer scales
+                param.copy_(0.1 * noise)
+    return decoder
+
+
+def random_codes(frames: int, seed: int = 2) -> torch.Tensor:
+    return torch.randint(0, 2048, (1, 16, frames), generator=torch.Generator().manual_seed(seed))
+
+
+def whole(decoder: torch.nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return decoder(codes).reshape(-1).float()
+
+
+def streamed(stream: StreamingDecoder, codes: torch.Tensor, chunks=CHUNKS) -> torch.Tensor:
+    pieces, start = [], 0
+    for size in chunks:
+        piece = stream.decode(codes[..., start : start + size])
+        assert piece.shape == (size * SAMPLES,)
+        pieces.append(piece)
+        start += size
+    assert start == codes.shape[-1]
+    return torch.cat(pieces)
+
+
+def snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
+    error = (test.double() - reference.double()).pow(2).sum()
+    return float(10 * torch.log10(reference.double().pow(2).sum() / error.clamp(min=1e-30)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convs gain nothing from a second thread, and lose a lot when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def decoder() -> torch.nn.Module:
+    return random_decoder()
+
+
+@pytest.fixture(scope="module")
+def codes() -> torch.Tensor:
+    return random_codes(FRAMES)
+
+
+@pytest.fixture(scope="module")
+def reference(decoder, codes) -> torch.Tensor:
+    wav = whole(decoder, codes)
+    assert wav.std() > 0.05 and (wav.abs() >= 1).float().mean() < 1e-3  # audible, not clipped
+    return wav
+
+
+def test_streamed_chunks_equal_whole_utterance(decoder, codes, reference):
+    wav = streamed(StreamingDecoder(decoder), codes)
+    assert wav.shape == (FRAMES * SAMPLES,) and wav.dtype == torch.float32
+    assert snr_db(reference, wav) > 100  # float32 rounding only: about 130 dB
+    assert (wav - reference).abs().max() < 1e-5
+
+
+def test_no_discontinuity_at_joints(decoder, codes, reference):
+    wav = streamed(StreamingDecoder(decoder), codes)
+    joints = torch.tensor(CHUNKS[:-1]).cumsum(0) * SAMPLES
+    around = torch.cat([joints - 1, joints])
+    assert (wav[around] - reference[around]).abs().max() < 1e-5
+
+    # The check has teeth: a chunk decoded without the carried state is wrong from its first sample on.
+    fresh = StreamingDecoder(decoder).decode(codes[..., 10:20])
+    assert (fresh[:SAMPLES] - reference[10 * SAMPLES : 11 * SAMPLES]).abs().max() > 1e-2
+
+
+def test_snapshot_restore_continues_like_one_stream(decoder, codes, reference):
+    prompt, rest = codes[..., :30], codes[..., 30:]
+    stream = StreamingDecoder(decoder)
+    stream.decode(prompt)  # a voice-clone reference: decoded once, its audio thrown away
+    state = stream.snapshot()
+    assert isinstance(state, DecoderState) and state.frames == 30
+
+    first = streamed(stream, rest, (4, 8, 8, 40))
+    stream.restore(state)
+    assert torch.equal(streamed(stream, rest, (4, 8, 8, 40)), first)
+
+    other = StreamingDecoder(decoder)  # another request on the same module, from the same state
+    other.restore(state)
+    from_other = streamed(other, rest, (2, 6, 52))
+    tail = reference[30 * SAMPLES :]
+    for wav in (first, from_other):
+        assert (wav - tail).abs().max() < 1e-5
+
+
+def test_copy_and_reset(decoder, codes, reference):
+    stream = StreamingDecoder(decoder)
+    stream.decode(codes[..., :10])
+    twin = stream.copy()
+    a = stream.decode(codes[..., 10:20])
+    b = twin.decode(codes[..., 10:20])  # the copy did not see what the original decoded since
+    assert torch.equal(a, b)
+    stream.reset()
+    assert stream.frames == 0
+    assert torch.equal(stream.decode(codes[..., :10]), StreamingDecoder(decoder).decode(codes[..., :10]))
+
+
+def test_code_layouts_and_long_input(decoder, codes, reference):
+    frames = MAX_FRAMES_PER_PASS + 7  # more than one internal pass
+    as_frames = StreamingDecoder(decoder).decode(codes[0, :, :frames].t())  # [T, 16], as the talker emits
+    as_batch = StreamingDecoder(decoder).decode(codes[..., :frames])
+    assert torch.equal(as_frames, as_batch)
+    assert (as_batch - reference[: frames * SAMPLES]).abs().max() < 1e-5
+    assert StreamingDecoder(decoder).decode(codes[..., :0]).shape == (0,)
+    with pytest.raises(ValueError):
+        StreamingDecoder(decoder).decode(codes[:, :8])
+
+
+def test_grouped_query_attention():
+    decoder = random_decoder(kv_heads=1, seed=5)
+    codes = random_codes(FRAMES, seed=6)
+    assert snr_db(whole(decoder, codes), streamed(StreamingDecoder(decoder), codes)) > 100
+
+
+def test_bfloat16(decoder, codes):
+    half = random_decoder().to(torch.bfloat16)
+    stream = StreamingDecoder(half)
+    wav = streamed(stream, codes)
+    assert all(t.dtype == torch.bfloat16 for t in stream.snapshot().convs + stream.snapshot().keys)
+    assert wav.dtype == torch.float32
+    # bfloat16 keeps 8 bits: different op orders round differently, so only close, not equal.
+    assert snr_db(whole(half, codes), wav) > 20
