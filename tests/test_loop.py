@@ -37,26 +37,49 @@ def stock_codes(tts, call) -> torch.Tensor:
 def calls(kind: str, tts, voices_dir, max_new_tokens: int):
     kwargs = {**GREEDY, "max_new_tokens": max_new_tokens}
     if kind == "custom_voice":
-        yield "preset", lambda: tts.generate_custom_voice(text=TEXT, speaker="ryan", language="english", **kwargs), 0
-        yield "dialect", lambda: tts.generate_custom_voice(text=TEXT, speaker="eric", language="auto", **kwargs), 0
+        yield (
+            "preset",
+            lambda: tts.generate_custom_voice(text=TEXT, speaker="ryan", language="english", **kwargs),
+            0,
+        )
+        yield (
+            "dialect",
+            lambda: tts.generate_custom_voice(text=TEXT, speaker="eric", language="auto", **kwargs),
+            0,
+        )
     elif kind == "voice_design":
-        yield "design", lambda: tts.generate_voice_design(text=TEXT, instruct="A calm voice.", language="auto", **kwargs), 0
+        yield (
+            "design",
+            lambda: tts.generate_voice_design(text=TEXT, instruct="A calm voice.", language="auto", **kwargs),
+            0,
+        )
     else:
         wav = str(voices_dir / "anna.wav")
         icl = tts.create_voice_clone_prompt(ref_audio=wav, ref_text="Hello, this is my voice.")
         xvec = tts.create_voice_clone_prompt(ref_audio=wav, x_vector_only_mode=True)
         ref_len = icl[0].ref_code.shape[0]
-        yield "icl", lambda: tts.generate_voice_clone(text=TEXT, language="english", voice_clone_prompt=icl, **kwargs), ref_len
-        yield "xvec", lambda: tts.generate_voice_clone(text=TEXT, language="english", voice_clone_prompt=xvec, **kwargs), 0
+        yield (
+            "icl",
+            lambda: tts.generate_voice_clone(text=TEXT, language="english", voice_clone_prompt=icl, **kwargs),
+            ref_len,
+        )
+        yield (
+            "xvec",
+            lambda: tts.generate_voice_clone(
+                text=TEXT, language="english", voice_clone_prompt=xvec, **kwargs
+            ),
+            0,
+        )
 
 
 @pytest.mark.parametrize("kind", ["custom_voice", "base", "voice_design"])
 def test_greedy_codes_equal_qwen_tts_generate(kind, tiny_models, voices_dir):
     tts = load(tiny_models[kind])
-    generator = FrameGenerator(tts.model)
     max_new_tokens = 14
-    for label, call, ref_len in calls(kind, tts, voices_dir, max_new_tokens):
-        expected = stock_codes(tts, call)[ref_len:]
+    cases = list(calls(kind, tts, voices_dir, max_new_tokens))
+    expected_codes = [stock_codes(tts, call)[ref_len:] for _, call, ref_len in cases]
+    generator = FrameGenerator(tts.model)  # takes over the layers' weights: stock generate() ends here
+    for (label, call, _), expected in zip(cases, expected_codes, strict=True):
         prompt = capture_prompt(tts.model, call)
         assert prompt.sampling.do_sample is False and prompt.sampling.subtalker_do_sample is False
         # generate() with max_new_tokens=N draws N codebook-0 tokens and completes N-1 frames.
@@ -68,7 +91,9 @@ def test_greedy_codes_equal_qwen_tts_generate(kind, tiny_models, voices_dir):
 def test_sampling_follows_the_generation_config_and_the_seed(tiny_models):
     tts = load(tiny_models["custom_voice"])
     generator = FrameGenerator(tts.model)
-    prompt = capture_prompt(tts.model, lambda: tts.generate_custom_voice(text=TEXT, speaker="ryan", language="english"))
+    prompt = capture_prompt(
+        tts.model, lambda: tts.generate_custom_voice(text=TEXT, speaker="ryan", language="english")
+    )
     config = tts.model.generate_config
     assert prompt.sampling == SamplingOptions.from_generate_kwargs(
         {**config, "subtalker_dosample": config["subtalker_dosample"]}
@@ -85,7 +110,9 @@ def test_two_interleaved_generations_do_not_share_state(tiny_models):
     generator = FrameGenerator(tts.model)
     kwargs = {**GREEDY}
     a = capture_prompt(tts.model, lambda: tts.generate_custom_voice(text=TEXT, speaker="ryan", **kwargs))
-    b = capture_prompt(tts.model, lambda: tts.generate_custom_voice(text="Other words.", speaker="vivian", **kwargs))
+    b = capture_prompt(
+        tts.model, lambda: tts.generate_custom_voice(text="Other words.", speaker="vivian", **kwargs)
+    )
     alone_a = torch.stack(list(generator.frames(a, 6)))
     alone_b = torch.stack(list(generator.frames(b, 6)))
     frames_a, frames_b = generator.frames(a, 6), generator.frames(b, 6)
@@ -95,4 +122,3 @@ def test_two_interleaved_generations_do_not_share_state(tiny_models):
         mixed_b.append(fb)
     assert torch.equal(torch.stack(mixed_a), alone_a)
     assert torch.equal(torch.stack(mixed_b), alone_b)
-

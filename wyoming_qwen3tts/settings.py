@@ -25,6 +25,7 @@ BACKENDS = ("pytorch", "ipex", "openvino")
 AVAILABLE_BACKENDS = ("pytorch",)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTIONS = ("sdpa", "eager")
+QUANTIZE = ("auto", "none", "int8")
 
 
 class SettingsError(ValueError):
@@ -42,6 +43,7 @@ class Settings:
     device: str = "cpu"
     dtype: str = "auto"
     attn: str = "sdpa"
+    quantize: str = "auto"
     threads: int = 0  # 0: one per usable core
     interop_threads: int = 1
     voice: str | None = None
@@ -106,6 +108,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "device": (("QWEN3TTS_DEVICE", "TTS_DEVICE"), str),
     "dtype": (("QWEN3TTS_DTYPE", "TTS_DTYPE"), _choice(DTYPES)),
     "attn": (("QWEN3TTS_ATTN", "TTS_ATTN"), _choice(ATTENTIONS)),
+    "quantize": (("QWEN3TTS_QUANTIZE", "TTS_QUANTIZE"), _choice(QUANTIZE)),
     "threads": (("QWEN3TTS_THREADS", "CPU_THREADS"), _positive_int),
     "interop_threads": (("QWEN3TTS_INTEROP_THREADS", "CPU_INTEROP"), _positive_int),
     "voice": (("QWEN3TTS_VOICE",), str),
@@ -143,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         envs = ", ".join(ENVIRONMENT[name][0])
         default = getattr(defaults, name)
         shown = "" if default in (None, "") else f"; default: {default}"
-        parser.add_argument(_flag(name), dest=name, default=None, help=f"{help_text} [env: {envs}{shown}]", **kwargs)
+        parser.add_argument(
+            _flag(name), dest=name, default=None, help=f"{help_text} [env: {envs}{shown}]", **kwargs
+        )
 
     add("uri", "where to listen, e.g. tcp://0.0.0.0:10200 or unix:///run/tts.sock")
     add("model", "local model directory, or a model id looked up (and downloaded) in --data-dir")
@@ -151,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("backend", "inference backend", choices=BACKENDS)
     add("device", "torch device (only cpu is supported)")
     add("dtype", "weights dtype; auto = bfloat16 where the CPU has native bf16, else float32", choices=DTYPES)
-    add("attn", "attention implementation", choices=ATTENTIONS)
+    add("attn", "attention implementation used while loading", choices=ATTENTIONS)
+    add(
+        "quantize",
+        "int8 weights for the talker and code predictor; auto = int8 where this CPU has a fast int8 kernel",
+        choices=QUANTIZE,
+    )
     add("threads", "torch intra-op threads; 0 = one per usable core", type=_positive_int)
     add("interop_threads", "torch inter-op threads", type=_positive_int)
     add("voice", "default voice when a request names none")
@@ -164,8 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthesize a short phrase at start so the first request is fast "
         f"[env: {', '.join(ENVIRONMENT['warmup'][0])}; default: on]",
     )
-    add("max_frames", "hard cap on frames (80 ms each) per sentence; 0 = derived from text length", type=_positive_int)
-    add("greedy", "greedy decoding instead of sampling (deterministic, for tests)", type=_bool, nargs="?", const="1")
+    add(
+        "max_frames",
+        "hard cap on frames (80 ms each) per sentence; 0 = derived from text length",
+        type=_positive_int,
+    )
+    add(
+        "greedy",
+        "greedy decoding instead of sampling (deterministic, for tests)",
+        type=_bool,
+        nargs="?",
+        const="1",
+    )
     add("zeroconf", "advertise over zeroconf (mDNS) under this name", nargs="?", const=DEFAULT_ZEROCONF_NAME)
     add("zeroconf_host", "address to advertise (default: this host's own address)")
     add("voices_dir", "directory of voices: NAME.wav + NAME.txt (clone), NAME.json (options)")
@@ -240,10 +260,14 @@ def check(settings: Settings) -> None:
             f"use --backend pytorch (and unset USE_IPEX / OV_MODEL_DIR)"
         )
     if settings.device.lower() != "cpu":
-        raise SettingsError(f"device {settings.device!r} is not supported: this server runs on the CPU; use --device cpu")
+        raise SettingsError(
+            f"device {settings.device!r} is not supported: this server runs on the CPU; use --device cpu"
+        )
     if not settings.uri.startswith(("tcp://", "unix://", "stdio://")):
         raise SettingsError(f"--uri {settings.uri!r} must start with tcp://, unix:// or stdio://")
     if settings.samples_per_chunk == 0:
         raise SettingsError("--samples-per-chunk must be at least 1")
     if settings.voices_dir is not None and not settings.voices_dir.is_dir():
-        raise SettingsError(f"--voices-dir {settings.voices_dir} is not a directory; create it or drop the flag")
+        raise SettingsError(
+            f"--voices-dir {settings.voices_dir} is not a directory; create it or drop the flag"
+        )

@@ -76,7 +76,7 @@ class _PromptCaptured(Exception):
 _CAPTURE_LOCK = threading.Lock()
 
 
-def capture_prompt(model: nn.Module, call: Callable[[], Any]) -> TalkerPrompt:
+def capture_prompt(model: Any, call: Callable[[], Any]) -> TalkerPrompt:
     """Run a qwen-tts generate_* call until it hands the talker its prompt, and return that prompt.
 
     qwen-tts builds the prompt inline in Qwen3TTSForConditionalGeneration.generate
@@ -122,6 +122,65 @@ class KVCache:
     values: list[torch.Tensor]
 
 
+LinearFactory = Callable[[nn.Linear], nn.Module]
+
+
+def keep_float(linear: nn.Linear) -> nn.Module:
+    """The default LinearFactory: run the layer as it is."""
+    return linear
+
+
+def fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
+    """One Linear computing several that share an input (q/k/v, gate/up): one weight read, one call."""
+    first = linears[0]
+    fused = nn.Linear(
+        first.in_features, sum(lin.out_features for lin in linears), bias=first.bias is not None
+    )
+    fused = fused.to(first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([lin.weight for lin in linears]))
+        if first.bias is not None:
+            fused.bias.copy_(torch.cat([lin.bias for lin in linears]))
+    return fused
+
+
+class _MovedToStepLayer(nn.Module):
+    """Stands where a projection was before StepLayer took (and fused) its weights."""
+
+    def forward(self, *args: Any) -> Any:
+        raise RuntimeError("this projection's weights now live in the engine's StepLayer")
+
+
+class StepLayer:
+    """One qwen-tts decoder layer's weights, fused and prepared for token-by-token steps.
+
+    q/k/v and gate/up projections are fused into one matrix each; the layer's
+    original projections are released so the weights exist once.
+    """
+
+    def __init__(self, layer: Any, make_linear: LinearFactory) -> None:
+        attn = layer.self_attn
+        mlp = layer.mlp
+        self.input_norm = layer.input_layernorm
+        self.post_norm = layer.post_attention_layernorm
+        self.q_norm = attn.q_norm
+        self.k_norm = attn.k_norm
+        self.act = mlp.act_fn
+        self.q_size = attn.q_proj.out_features
+        self.kv_size = attn.k_proj.out_features
+        self.intermediate = mlp.gate_proj.out_features
+        self.qkv = make_linear(fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]))
+        self.o = make_linear(attn.o_proj)
+        self.gate_up = make_linear(fuse_linears([mlp.gate_proj, mlp.up_proj]))
+        self.down = make_linear(mlp.down_proj)
+        for owner, names in (
+            (attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+            (mlp, ("gate_proj", "up_proj", "down_proj")),
+        ):
+            for name in names:
+                setattr(owner, name, _MovedToStepLayer())
+
+
 class DecoderStack:
     """A stack of qwen-tts decoder layers run step by step with a preallocated KV cache.
 
@@ -131,16 +190,23 @@ class DecoderStack:
     the KV heads are never repeated in memory.
     """
 
-    def __init__(self, layers: nn.ModuleList, norm: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        self.layers = list(layers)
-        self.norm = norm
-        self.cos = cos  # [max_positions, head_dim]
-        self.sin = sin
-        attn = self.layers[0].self_attn
+    def __init__(
+        self,
+        layers: Any,
+        norm: Any,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        make_linear: LinearFactory = keep_float,
+    ) -> None:
+        attn = layers[0].self_attn
         self.head_dim = attn.head_dim
         self.kv_heads = attn.k_proj.out_features // attn.head_dim
         self.scaling = attn.scaling
-        self.dtype = attn.q_proj.weight.dtype
+        self.dtype = layers[0].input_layernorm.weight.dtype
+        self.layers = [StepLayer(layer, make_linear) for layer in layers]
+        self.norm = norm
+        self.cos = cos  # [max_positions, head_dim]
+        self.sin = sin
 
     def new_cache(self, max_len: int) -> KVCache:
         """An uninitialised cache for max_len positions; each utterance owns one."""
@@ -162,23 +228,23 @@ class DecoderStack:
         sin = self.sin[start:end]
         hd = self.head_dim
         for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_norm(attn.q_proj(h).view(1, n, -1, hd)).transpose(1, 2)
-            k = attn.k_norm(attn.k_proj(h).view(1, n, -1, hd)).transpose(1, 2)
-            v = attn.v_proj(h).view(1, n, -1, hd).transpose(1, 2)
+            qkv = layer.qkv(layer.input_norm(x))
+            q, k, v = qkv.split((layer.q_size, layer.kv_size, layer.kv_size), dim=-1)
+            q = layer.q_norm(q.view(1, n, -1, hd)).transpose(1, 2)
+            k = layer.k_norm(k.view(1, n, -1, hd)).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             keys[:, :, start:end] = k * cos + _rotate_half(k) * sin
-            values[:, :, start:end] = v
+            values[:, :, start:end] = v.view(1, n, -1, hd).transpose(1, 2)
             out = F.scaled_dot_product_attention(
                 q, keys[:, :, :end], values[:, :, :end], is_causal=n > 1, scale=self.scaling, enable_gqa=True
             )
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + layer.o(out.transpose(1, 2).reshape(1, n, -1))
+            gate, up = layer.gate_up(layer.post_norm(x)).split(layer.intermediate, dim=-1)
+            x = x + layer.down(layer.act(gate) * up)
         return self.norm(x)
 
 
-def _rotary_table(rotary: nn.Module, positions: int, dtype: torch.dtype, rows: int | None) -> tuple:
+def _rotary_table(rotary: Any, positions: int, dtype: torch.dtype, rows: int | None) -> tuple:
     """cos/sin [positions, head_dim] from a qwen-tts rotary module.
 
     The talker's multimodal RoPE takes three rows of position ids; for speech and
@@ -216,7 +282,9 @@ def _pick(logits: torch.Tensor, do_sample: bool, top_k: int, top_p: float, tempe
 class FrameGenerator:
     """Turns a TalkerPrompt into frames of 16 codes, one talker step + 15 predictor steps per frame."""
 
-    def __init__(self, model: nn.Module, max_positions: int = 4096) -> None:
+    def __init__(
+        self, model: nn.Module, make_linear: LinearFactory = keep_float, max_positions: int = 4096
+    ) -> None:
         talker = model.talker
         config = talker.config
         self.eos = config.codec_eos_token_id
@@ -224,24 +292,29 @@ class FrameGenerator:
         self.num_groups = config.num_code_groups
         self.talker = talker
         self.codec_embedding = talker.model.codec_embedding
-        self.codec_head = talker.codec_head
+        self.codec_head = make_linear(talker.codec_head)
         predictor = talker.code_predictor
         self.predictor_embeddings = list(predictor.model.codec_embedding)
-        self.predictor_heads = list(predictor.lm_head)
-        self.to_predictor = predictor.small_to_mtp_projection
-        dtype = talker.codec_head.weight.dtype
+        self.predictor_heads = [make_linear(head) for head in predictor.lm_head]
+        projection = predictor.small_to_mtp_projection
+        self.to_predictor = make_linear(projection) if isinstance(projection, nn.Linear) else projection
+        dtype = talker.model.norm.weight.dtype
         self.dtype = dtype
         with torch.inference_mode():
             cos, sin = _rotary_table(talker.model.rotary_emb, max_positions, dtype, rows=3)
-            self.talker_stack = DecoderStack(talker.model.layers, talker.model.norm, cos, sin)
+            self.talker_stack = DecoderStack(talker.model.layers, talker.model.norm, cos, sin, make_linear)
             cos, sin = _rotary_table(predictor.model.rotary_emb, self.num_groups + 1, dtype, rows=None)
-            self.predictor_stack = DecoderStack(predictor.model.layers, predictor.model.norm, cos, sin)
+            self.predictor_stack = DecoderStack(
+                predictor.model.layers, predictor.model.norm, cos, sin, make_linear
+            )
         suppressed = torch.zeros(self.vocab_size, dtype=torch.bool)
         suppressed[self.vocab_size - CONTROL_TOKENS :] = True
         suppressed[self.eos] = False
         self.suppressed = suppressed
 
-    def _talker_logits(self, hidden: torch.Tensor, history: list[int], sampling: SamplingOptions) -> torch.Tensor:
+    def _talker_logits(
+        self, hidden: torch.Tensor, history: list[int], sampling: SamplingOptions
+    ) -> torch.Tensor:
         logits = self.codec_head(hidden[0, -1]).float()
         if sampling.repetition_penalty != 1.0 and history:
             seen = torch.tensor(sorted(set(history)))
@@ -255,9 +328,19 @@ class FrameGenerator:
         return logits
 
     def _predict_rest(
-        self, hidden: torch.Tensor, code0: int, sampling: SamplingOptions, rng, cache: KVCache
+        self,
+        hidden: torch.Tensor,
+        code0: int,
+        sampling: SamplingOptions,
+        rng,
+        cache: KVCache,
+        forced: list[int] | None = None,
+        record: list[torch.Tensor] | None = None,
     ) -> list[int]:
-        """Codebooks 1..15 for one frame from the talker's hidden state and codebook 0."""
+        """Codebooks 1..15 for one frame from the talker's hidden state and codebook 0.
+
+        forced, if given, replaces the drawn codes (teacher forcing); record collects the logits.
+        """
         stack = self.predictor_stack
         first = self.codec_embedding(torch.tensor([[code0]]))
         x = self.to_predictor(torch.cat((hidden, first), dim=1))
@@ -265,14 +348,19 @@ class FrameGenerator:
         codes = []
         for group in range(self.num_groups - 1):
             logits = self.predictor_heads[group](out[0, -1]).float()
-            code = _pick(
-                logits,
-                sampling.subtalker_do_sample,
-                sampling.subtalker_top_k,
-                sampling.subtalker_top_p,
-                sampling.subtalker_temperature,
-                rng,
-            )
+            if record is not None:
+                record.append(logits)
+            if forced is not None:
+                code = forced[group]
+            else:
+                code = _pick(
+                    logits,
+                    sampling.subtalker_do_sample,
+                    sampling.subtalker_top_k,
+                    sampling.subtalker_top_p,
+                    sampling.subtalker_temperature,
+                    rng,
+                )
             codes.append(code)
             if group == self.num_groups - 2:
                 break
@@ -281,8 +369,21 @@ class FrameGenerator:
         return codes
 
     @torch.inference_mode()
-    def frames(self, prompt: TalkerPrompt, max_frames: int, seed: int | None = None) -> Iterator[torch.Tensor]:
-        """Yield one LongTensor [16] per frame until EOS or max_frames."""
+    def frames(
+        self,
+        prompt: TalkerPrompt,
+        max_frames: int,
+        seed: int | None = None,
+        forced: torch.Tensor | None = None,
+        record: list[torch.Tensor] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield one LongTensor [16] per frame until EOS or max_frames.
+
+        forced [frames, 16] makes every code the given one (teacher forcing, to compare the
+        logits of two precisions on the same path); record then collects all logits, in order.
+        """
+        if forced is not None:
+            max_frames = min(max_frames, forced.shape[0])
         sampling = prompt.sampling
         rng = None
         if seed is not None:
@@ -298,11 +399,26 @@ class FrameGenerator:
         position = prompt_len
         for step in range(max_frames):
             logits = self._talker_logits(hidden, history, sampling)
-            code0 = _pick(logits, sampling.do_sample, sampling.top_k, sampling.top_p, sampling.temperature, rng)
+            if record is not None:
+                record.append(logits)
+            if forced is not None:
+                code0 = int(forced[step, 0])
+            else:
+                code0 = _pick(
+                    logits, sampling.do_sample, sampling.top_k, sampling.top_p, sampling.temperature, rng
+                )
             if code0 == self.eos:
                 return
             history.append(code0)
-            rest = self._predict_rest(hidden, code0, sampling, rng, predictor_cache)
+            rest = self._predict_rest(
+                hidden,
+                code0,
+                sampling,
+                rng,
+                predictor_cache,
+                None if forced is None else forced[step, 1:].tolist(),
+                record,
+            )
             yield torch.tensor([code0, *rest])
             if step == max_frames - 1:
                 return

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from ..cpu import usable_cores
 from ..qwen_import import import_qwen_tts
 from ..settings import Settings
 from ..voices import DEFAULT_DESIGN_INSTRUCTION, preset_voices, read_voices_dir
 from .base import Engine, EngineError, Voice
+from .decoder import StreamingDecoder
+from .loop import FrameGenerator, TalkerPrompt, capture_prompt, keep_float
+from .precision import Precision, choose_precision
+from .quantize import KERNELS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -27,6 +33,9 @@ FRAMES_PER_SECOND = 12.5
 # per CJK character; the cap stops a model that runs away, not a slow speaker.
 FRAMES_PER_CHAR = 4
 MIN_FRAME_CAP = 50
+# Audio goes out after the first 2 frames (160 ms of speech), then every 4 frames.
+FIRST_CHUNK_FRAMES = 2
+CHUNK_FRAMES = 4
 
 
 def configure_threads(settings: Settings) -> int:
@@ -42,7 +51,31 @@ def configure_threads(settings: Settings) -> int:
     return threads
 
 
-def to_pcm16(waveform: np.ndarray) -> bytes:
+def _cast(module: torch.nn.Module, dtype: torch.dtype, keep: tuple[torch.nn.Module, ...] = ()) -> None:
+    """Cast module's floating parameters and buffers to dtype, except inside the modules in keep."""
+    kept = {id(t) for m in keep for t in (*m.parameters(), *m.buffers())}
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point() and id(tensor) not in kept and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
+
+
+def apply_precision(model: Any, precision: Precision) -> FrameGenerator:
+    """Give each part of a loaded model the formats precision names (see engine/precision.py).
+
+    Returns the frame generator, which takes over (and, for int8, quantizes) the
+    talker's and code predictor's projections.
+    """
+    talker = model.talker
+    # The text embedding (151936 x 2048) and its projection only build prompts: they keep the load dtype.
+    # The speaker encoder follows the talker: qwen-tts casts its input to the model's (first) dtype.
+    text_side = (talker.model.text_embedding, talker.text_projection)
+    _cast(model, getattr(torch, precision.compute_dtype), keep=text_side)
+    _cast(model.speech_tokenizer.model.decoder, getattr(torch, precision.codec_dtype))
+    make_linear = KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
+    return FrameGenerator(model, make_linear)
+
+
+def to_pcm16(waveform: np.ndarray | torch.Tensor) -> bytes:
     """Float audio in [-1, 1] to little-endian 16-bit PCM bytes."""
     clipped = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
     return (clipped * 32767.0).astype("<i2").tobytes()
@@ -52,28 +85,31 @@ class PyTorchEngine(Engine):
     """Qwen3-TTS on plain PyTorch."""
 
     def __init__(self, model_dir: Path, settings: Settings) -> None:
-        import torch
-
         qwen_tts = import_qwen_tts()
         self._settings = settings
         threads = configure_threads(settings)
-        dtype_name = settings.resolved_dtype()
+        try:
+            self.precision = choose_precision(settings)
+        except ValueError as err:
+            raise EngineError(str(err), "bad-settings") from None
         started = time.monotonic()
         self._tts = qwen_tts.Qwen3TTSModel.from_pretrained(
-            str(model_dir), dtype=getattr(torch, dtype_name), attn_implementation=settings.attn
+            str(model_dir), dtype=getattr(torch, self.precision.load_dtype), attn_implementation=settings.attn
         )
-        self._tts.model.eval()
-        model = self._tts.model
+        model = self._tts.model.eval()
+        self.frame_generator = apply_precision(model, self.precision)
         self._kind: str = model.tts_model_type
         self._languages = [lang for lang in model.get_supported_languages() if lang != "auto"]
         _LOGGER.info(
-            "Loaded %s (%s, %s) in %.1f s with %d threads",
+            "Loaded %s (%s; %s) in %.1f s with %d threads",
             model_dir,
             self._kind,
-            dtype_name,
+            self.precision.describe(),
             time.monotonic() - started,
             threads,
         )
+        self._codec = model.speech_tokenizer.model.decoder
+        self._primed_decoders: dict[str, StreamingDecoder] = {}
         self._voices = self._build_voices(settings.voices_dir)
         if not self._voices:
             raise EngineError(
@@ -81,6 +117,11 @@ class PyTorchEngine(Engine):
                 "--voices-dir (NAME.wav + NAME.txt); add at least one",
                 "no-voices",
             )
+
+    def _decoder_for(self, voice: Voice) -> StreamingDecoder:
+        """A decoder for one utterance; a cloned voice's starts from its decoded reference codes."""
+        primed = self._primed_decoders.get(voice.name)
+        return primed.copy() if primed is not None else StreamingDecoder(self._codec)
 
     @property
     def model_kind(self) -> str:
@@ -104,7 +145,9 @@ class PyTorchEngine(Engine):
                 for e in entries
                 if e.instruct
             ]
-            return designs or [Voice("default", "design", DEFAULT_DESIGN_INSTRUCTION, instruct=DEFAULT_DESIGN_INSTRUCTION)]
+            return designs or [
+                Voice("default", "design", DEFAULT_DESIGN_INSTRUCTION, instruct=DEFAULT_DESIGN_INSTRUCTION)
+            ]
         clones = []
         for entry in entries:
             if entry.audio is None:
@@ -117,7 +160,15 @@ class PyTorchEngine(Engine):
                     x_vector_only_mode=entry.transcript is None,
                 )[0]
             except Exception as err:
-                raise EngineError(f"voice {entry.name}: cannot read {entry.audio}: {err}", "bad-voice") from err
+                raise EngineError(
+                    f"voice {entry.name}: cannot read {entry.audio}: {err}", "bad-voice"
+                ) from err
+            if prompt.ref_code is not None:
+                # In-context cloning continues the reference audio: the codec must hear it first.
+                # Decode it once here and start every request from that state.
+                primed = StreamingDecoder(self._codec)
+                primed.decode(prompt.ref_code)
+                self._primed_decoders[entry.name] = primed
             mode = "reference audio + transcript" if entry.transcript else "reference audio only"
             clones.append(
                 Voice(
@@ -141,23 +192,44 @@ class PyTorchEngine(Engine):
             return {"do_sample": False, "subtalker_dosample": False}
         return {}
 
-    def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
-        import torch
+    def _stock_call(self, text: str, voice: Voice, language: str, **kwargs) -> Callable[[], Any]:
+        """The qwen-tts generate_* call for this voice; the loop takes its prompt, or it runs whole."""
+        tts = self._tts
+        kwargs = {**self._sampling(), **kwargs}
+        if voice.kind == "preset":
+            return lambda: tts.generate_custom_voice(
+                text=text, speaker=voice.speaker, language=language, instruct=voice.instruct, **kwargs
+            )
+        if voice.kind == "clone":
+            return lambda: tts.generate_voice_clone(
+                text=text, language=language, voice_clone_prompt=[voice.clone_prompt], **kwargs
+            )
+        if voice.kind == "design":
+            return lambda: tts.generate_voice_design(
+                text=text, instruct=voice.instruct or "", language=language, **kwargs
+            )
+        raise EngineError(f"voice {voice.name} has unknown kind {voice.kind!r}", "bad-voice")
 
-        kwargs = {"max_new_tokens": self.frame_cap(text), **self._sampling()}
-        with torch.inference_mode():
-            if voice.kind == "preset":
-                wavs, _ = self._tts.generate_custom_voice(
-                    text=text, speaker=voice.speaker, language=language, instruct=voice.instruct, **kwargs
-                )
-            elif voice.kind == "clone":
-                wavs, _ = self._tts.generate_voice_clone(
-                    text=text, language=language, voice_clone_prompt=[voice.clone_prompt], **kwargs
-                )
-            elif voice.kind == "design":
-                wavs, _ = self._tts.generate_voice_design(
-                    text=text, instruct=voice.instruct or "", language=language, **kwargs
-                )
-            else:
-                raise EngineError(f"voice {voice.name} has unknown kind {voice.kind!r}", "bad-voice")
-        yield to_pcm16(wavs[0])
+    def prompt(self, text: str, voice: Voice, language: str) -> TalkerPrompt:
+        """The talker prompt qwen-tts builds for this text, voice and language."""
+        return capture_prompt(self._tts.model, self._stock_call(text, voice, language))
+
+    def frames(
+        self, text: str, voice: Voice, language: str, max_frames: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The frames of codes for text, each as soon as it exists."""
+        return self.frame_generator.frames(
+            self.prompt(text, voice, language), max_frames or self.frame_cap(text)
+        )
+
+    def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
+        decoder = self._decoder_for(voice)
+        pending: list[torch.Tensor] = []
+        wanted = FIRST_CHUNK_FRAMES
+        for frame in self.frames(text, voice, language):
+            pending.append(frame)
+            if len(pending) >= wanted:
+                yield to_pcm16(decoder.decode(torch.stack(pending)))
+                pending, wanted = [], CHUNK_FRAMES
+        if pending:
+            yield to_pcm16(decoder.decode(torch.stack(pending)))

@@ -1,0 +1,89 @@
+"""Lower-precision paths agree with float32: logits compared along the same (teacher-forced) codes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wyoming_qwen3tts.engine.precision import Precision, choose_precision
+from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
+from wyoming_qwen3tts.engine.quantize import available_kernels
+from wyoming_qwen3tts.settings import Settings
+
+TEXT = "Turn on the kitchen light, please."
+FRAMES = 10
+
+
+def engine(model_dir, **settings) -> PyTorchEngine:
+    return PyTorchEngine(model_dir, Settings(greedy=True, warmup=False, **settings))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models):
+    """float32 codes and logits along greedy decoding."""
+    ref = engine(tiny_models["custom_voice"], dtype="float32", quantize="none")
+    voice = ref.voices()[0]
+    logits: list[torch.Tensor] = []
+    prompt = ref.prompt(TEXT, voice, "english")
+    codes = torch.stack(list(ref.frame_generator.frames(prompt, FRAMES)))
+    list(ref.frame_generator.frames(prompt, FRAMES, forced=codes, record=logits))
+    return codes, logits
+
+
+def cosines(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    def finite(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+    return torch.stack(
+        [
+            torch.nn.functional.cosine_similarity(finite(x), finite(y), dim=0)
+            for x, y in zip(a, b, strict=True)
+        ]
+    )
+
+
+# (settings, kernel it needs, mean cosine at least, worst cosine at least)
+CASES = [
+    ({"dtype": "bfloat16", "quantize": "none"}, None, 0.999, 0.99),
+    ({"dtype": "float32", "quantize": "int8"}, "dynamic", 0.995, 0.97),
+]
+
+
+@pytest.mark.parametrize(("settings", "kernel", "mean_min", "worst_min"), CASES)
+def test_teacher_forced_logits_agree_with_float32(
+    tiny_models, reference, settings, kernel, mean_min, worst_min
+):
+    if kernel and kernel not in available_kernels():
+        pytest.skip(f"this torch build has no {kernel} int8 kernel")
+    codes, expected = reference
+    other = engine(tiny_models["custom_voice"], **settings)
+    got: list[torch.Tensor] = []
+    prompt = other.prompt(TEXT, other.voices()[0], "english")
+    list(other.frame_generator.frames(prompt, FRAMES, forced=codes, record=got))
+    similarity = cosines(expected, got)
+    print(f"{settings}: mean cosine {similarity.mean():.5f}, worst {similarity.min():.5f}")
+    assert len(got) == len(expected) == FRAMES * 16
+    assert similarity.mean() >= mean_min
+    assert similarity.min() >= worst_min
+
+
+def test_weight_only_int8_kernel_matches_float(tiny_models, reference):
+    from wyoming_qwen3tts.engine.quantize import WeightOnlyInt8Linear
+
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 64)
+    out = WeightOnlyInt8Linear(layer)(x)
+    assert torch.nn.functional.cosine_similarity(out.flatten(), layer(x).flatten(), dim=0) > 0.999
+
+
+def test_auto_precision_follows_the_cpu():
+    avx2 = choose_precision(Settings(), native_bf16=False, kernels=["dynamic", "weight-only"])
+    assert avx2 == Precision("bfloat16", "float32", "float32", "dynamic")
+    bf16 = choose_precision(Settings(), native_bf16=True, kernels=["dynamic"])
+    assert bf16.int8_kernel == "dynamic" and bf16.codec_dtype == "bfloat16"
+    plain = choose_precision(Settings(quantize="none"), native_bf16=False, kernels=["dynamic"])
+    assert plain == Precision("float32", "float32", "float32", None)
+    no_kernel = choose_precision(Settings(), native_bf16=False, kernels=[])
+    assert no_kernel.int8_kernel is None
+    with pytest.raises(ValueError, match="no int8 kernel"):
+        choose_precision(Settings(quantize="int8"), native_bf16=False, kernels=[])

@@ -1,0 +1,99 @@
+"""Int8 weights for the talker's and the code predictor's Linear layers.
+
+Generating one frame is a chain of one-token matrix-vector products: memory
+bound, so bytes of weight read per step set the pace, and int8 weights read a
+quarter of float32's. Two kernels, chosen by what this torch build has:
+
+- "dynamic": int8 weights per output channel, activations quantized on the fly
+  (the FBGEMM kernels behind `torch.ops.quantized.linear_dynamic`). Fastest on
+  x86 CPUs with AVX2/VNNI. We use the kernels directly, not the deprecated
+  torch.ao.quantization eager-mode API; should a torch release drop these ops,
+  `available_kernels()` no longer lists "dynamic" and "weight-only" is used.
+- "weight-only": int8 weights dequantized inside `torch._weight_int8pack_mm`
+  (an aten op), activations kept in their float dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def available_kernels() -> list[str]:
+    """The int8 kernels this torch build runs, preferred first (each probed on a small layer)."""
+    kernels = []
+    probe = nn.Linear(64, 32)
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        expected = probe(x)
+        for name, make in KERNELS.items():
+            try:
+                out = make(probe)(x)
+            except Exception as err:  # removed or unsupported in this build
+                _LOGGER.debug("int8 kernel %s unavailable: %s", name, err)
+                continue
+            if out.shape == expected.shape and (out - expected).abs().max() < 0.05 * expected.abs().max():
+                kernels.append(name)
+    return kernels
+
+
+def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel: (int8 weight, float32 scale per row)."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+class DynamicInt8Linear(nn.Module):
+    """nn.Linear with int8 weights; activations are quantized per call (FBGEMM)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        qweight, scale = _per_channel_int8(linear.weight)
+        with warnings.catch_warnings():
+            # Deprecated with the quantized dtypes; available_kernels() falls back when they go.
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
+            quantized = torch._make_per_channel_quantized_tensor(
+                qweight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
+            )
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        if torch.backends.quantized.engine != "fbgemm":
+            torch.backends.quantized.engine = "fbgemm"
+        self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float()
+        out = torch.ops.quantized.linear_dynamic(flat, self._packed, True)
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class WeightOnlyInt8Linear(nn.Module):
+    """nn.Linear with int8 weights dequantized inside the matmul kernel."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        qweight, scale = _per_channel_int8(linear.weight)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale.to(flat.dtype))
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+KERNELS = {"dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}
