@@ -36,7 +36,9 @@ def handler_options(settings: Settings, engine: Engine) -> HandlerOptions:
     names = [voice.name for voice in engine.voices()]
     default_voice = settings.voice
     if default_voice is not None and default_voice.lower() not in {n.lower() for n in names}:
-        raise StartupError(f"--voice {default_voice!r} is not a voice of this model; choose one of: {', '.join(names)}")
+        raise StartupError(
+            f"--voice {default_voice!r} is not a voice of this model; choose one of: {', '.join(names)}"
+        )
     language = to_model_language(settings.language, list(engine.languages()))
     if language is None:
         raise StartupError(
@@ -75,7 +77,14 @@ async def serve(settings: Settings, engine: Engine) -> None:
         parsed = urlparse(settings.uri)
         if parsed.scheme != "tcp" or parsed.port is None:
             raise StartupError("--zeroconf needs a tcp:// --uri with a port")
-        advertisement = await advertise(settings.zeroconf, parsed.port, parsed.hostname, settings.zeroconf_host)
+        try:
+            advertisement = await advertise(
+                settings.zeroconf, parsed.port, parsed.hostname, settings.zeroconf_host
+            )
+        except (OSError, RuntimeError, ValueError) as err:
+            _LOGGER.warning(
+                "Not advertising over zeroconf (%s); add the server by host and port instead", err
+            )
     _LOGGER.info("Ready at %s with voices: %s", settings.uri, ", ".join(v.name for v in engine.voices()))
     try:
         await server.run(partial(Qwen3TTSEventHandler, engine, options, inference))

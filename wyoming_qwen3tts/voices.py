@@ -91,9 +91,13 @@ def read_voices_dir(voices_dir: Path, model_languages: list[str]) -> list[VoiceE
         if not VOICE_NAME.match(name):
             _LOGGER.warning("Skipping voice %r: names may hold only letters, digits, '_', '.' and '-'", name)
             continue
-        audio = next((voices_dir / f"{name}{s}" for s in AUDIO_SUFFIXES if (voices_dir / f"{name}{s}").is_file()), None)
+        audio = next(
+            (voices_dir / f"{name}{s}" for s in AUDIO_SUFFIXES if (voices_dir / f"{name}{s}").is_file()), None
+        )
         transcript_path = voices_dir / f"{name}.txt"
-        transcript = transcript_path.read_text(encoding="utf-8").strip() if transcript_path.is_file() else None
+        transcript = (
+            transcript_path.read_text(encoding="utf-8").strip() if transcript_path.is_file() else None
+        )
         options_path = voices_dir / f"{name}.json"
         options = _read_options(options_path) if options_path.is_file() else {}
         raw_languages = options.get("languages", options.get("language", []))
@@ -104,7 +108,8 @@ def read_voices_dir(voices_dir: Path, model_languages: list[str]) -> list[VoiceE
             language = to_model_language(str(raw), model_languages)
             if language is None or language == "auto":
                 raise EngineError(
-                    f"voice {name}: language {raw!r} is not one the model speaks ({', '.join(model_languages)})",
+                    f"voice {name}: language {raw!r} is not one the model speaks "
+                    f"({', '.join(model_languages)})",
                     "bad-voice",
                 )
             languages.append(language)

@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny random-weight models built once per session, and the real server on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from wyoming_qwen3tts.tiny_model import build_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One tiny model directory per kind, built lazily."""
+    root = tmp_path_factory.mktemp("models")
+    built: dict[str, Path] = {}
+
+    class Models(dict):
+        def __missing__(self, kind: str) -> Path:
+            built[kind] = build_tiny_model(root / kind, kind)
+            self[kind] = built[kind]
+            return built[kind]
+
+    return Models()
+
+
+@pytest.fixture(scope="session")
+def voices_dir(tmp_path_factory) -> Path:
+    """A voices directory with one in-context clone (audio + transcript) and one audio-only clone."""
+    path = tmp_path_factory.mktemp("voices")
+    rate = 24000
+    t = np.arange(int(1.5 * rate)) / rate
+    rng = np.random.default_rng(1)
+    audio = 0.3 * np.sin(2 * np.pi * 180 * t) * (
+        1 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    ) + 0.02 * rng.standard_normal(t.size)
+    sf.write(path / "anna.wav", audio.astype(np.float32), rate)
+    (path / "anna.txt").write_text("Hello, this is my voice.\n", encoding="utf-8")
+    (path / "anna.json").write_text('{"language": "en", "description": "Anna, cloned"}', encoding="utf-8")
+    sf.write(path / "bob.wav", (0.5 * audio[::-1]).astype(np.float32), rate)
+    return path
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m wyoming_qwen3tts` on a loopback port, as a user would start it."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.port = free_port()
+        self.uri = f"tcp://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wyoming_qwen3tts", "--uri", self.uri, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.process.stdout.read()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return
+            time.sleep(0.2)
+        raise TimeoutError("server did not start")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out
+
+
+@contextlib.contextmanager
+def running_server(args: list[str]) -> Iterator[ServerProcess]:
+    server = ServerProcess(args)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        output = server.stop()
+        if os.environ.get("SHOW_SERVER_LOG"):
+            print(output)
+
+
+@pytest.fixture(scope="module")
+def custom_voice_server(tiny_models) -> Iterator[ServerProcess]:
+    with running_server(["--model", str(tiny_models["custom_voice"]), "--greedy", "--no-warmup"]) as server:
+        yield server
