@@ -1,0 +1,236 @@
+"""Speed and memory of each engine setting against stock qwen-tts, measured in one run.
+
+    script/benchmark [--model DIR] [--frames 48] [--threads 2] [--settings a,b,...]
+
+Without --model it builds (once, cached under data/benchmark/) a random-weight
+CustomVoice model with the real 0.6B dimensions from the public configs: its
+compute per frame is the real one. Greedy decoding on that model never emits
+EOS, so every setting generates exactly --frames frames. Each setting runs in
+its own process so that load time and peak RSS are its own; the machines are
+shared and noisy, so compare the ratios within one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FRAME_SECONDS = 0.08
+TEXT = (
+    "The weather in the kitchen is sunny today, with a gentle breeze from the west and a high of "
+    "twenty one degrees."
+)
+DEFAULT_MODEL_DIR = Path("data/benchmark/real-0.6b-custom_voice")
+BASELINE = "stock-float32"
+
+
+@dataclass(frozen=True)
+class BenchmarkSetting:
+    """One row of the table: which path (stock qwen-tts or our engine) with which weights."""
+
+    name: str
+    path: str  # "stock" or "engine"
+    dtype: str
+    quantize: str = "none"
+
+
+SETTINGS = {
+    s.name: s
+    for s in (
+        BenchmarkSetting("stock-float32", "stock", "float32"),
+        BenchmarkSetting("stock-bfloat16", "stock", "bfloat16"),
+        BenchmarkSetting("engine-float32", "engine", "float32"),
+        BenchmarkSetting("engine-bfloat16", "engine", "bfloat16"),
+        BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
+    )
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+def measure_stock(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int) -> dict:
+    """qwen-tts's own generate_custom_voice: audio exists only when it returns."""
+    import torch
+
+    from .qwen_import import import_qwen_tts
+
+    torch.set_num_threads(threads)
+    qwen_tts = import_qwen_tts()
+    started = time.perf_counter()
+    tts = qwen_tts.Qwen3TTSModel.from_pretrained(str(model_dir), dtype=getattr(torch, setting.dtype))
+    load_s = time.perf_counter() - started
+    speaker = sorted(tts.model.get_supported_speakers())[0]
+
+    def run(n: int) -> int:
+        wavs, _ = tts.generate_custom_voice(
+            text=TEXT,
+            speaker=speaker,
+            language="english",
+            do_sample=False,
+            subtalker_dosample=False,
+            max_new_tokens=n + 1,  # generate() completes max_new_tokens - 1 frames
+        )
+        return len(wavs[0])
+
+    run(2)  # warm-up
+    started = time.perf_counter()
+    samples = run(frames)
+    total_s = time.perf_counter() - started
+    precision = f"{setting.dtype} everywhere (qwen-tts generate, audio at the end)"
+    return {
+        "load_s": load_s,
+        "first_audio_s": total_s,
+        "total_s": total_s,
+        "samples": samples,
+        "precision": precision,
+    }
+
+
+def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int) -> dict:
+    """Our engine: streamed chunks, the first one timed separately."""
+    from .engine.factory import create_engine
+    from .settings import Settings
+
+    settings = Settings(
+        model=str(model_dir),
+        dtype=setting.dtype,
+        quantize=setting.quantize,
+        threads=threads,
+        greedy=True,
+        max_frames=frames,
+        warmup=False,
+    )
+    started = time.perf_counter()
+    engine = create_engine(settings, model_dir)
+    precision = getattr(engine, "precision", None)
+    load_s = time.perf_counter() - started
+    voice = engine.voices()[0]
+    for _ in engine.synthesize("Hi.", voice, "english"):  # warm-up
+        pass
+    started = time.perf_counter()
+    first = None
+    samples = 0
+    for chunk in engine.synthesize(TEXT, voice, "english"):
+        if first is None:
+            first = time.perf_counter() - started
+        samples += len(chunk) // 2
+    total_s = time.perf_counter() - started
+    return {
+        "load_s": load_s,
+        "first_audio_s": first,
+        "total_s": total_s,
+        "samples": samples,
+        "precision": precision.describe() if precision else settings.dtype,
+    }
+
+
+def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
+    setting = SETTINGS[name]
+    measure = measure_stock if setting.path == "stock" else measure_engine
+    result = measure(setting, model_dir, frames, threads)
+    audio_s = result["samples"] / 24000
+    result.update(
+        name=name,
+        frames=round(audio_s / FRAME_SECONDS),
+        audio_s=audio_s,
+        rtf=result["total_s"] / audio_s,
+        peak_rss_gb=peak_rss_gb(),
+    )
+    return result
+
+
+def ensure_model(model_dir: Path) -> Path:
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    from .tiny_model import build_model
+
+    print(
+        f"Building a random-weight model with the real 0.6B dimensions in {model_dir} (once)", file=sys.stderr
+    )
+    return build_model(model_dir, "custom_voice", size="real-0.6b")
+
+
+def table(results: list[dict]) -> str:
+    baseline = next((r for r in results if r["name"] == BASELINE), None)
+    lines = [
+        "| setting | load s | peak RSS GB | first audio s | real-time factor | speed-up vs stock float32 "
+        "| formats |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        speedup = f"{baseline['rtf'] / r['rtf']:.2f}x" if baseline else "n/a"
+        lines.append(
+            f"| {r['name']} | {r['load_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['first_audio_s']:.2f} | "
+            f"{r['rtf']:.2f} | {speedup} | {r['precision']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="script/benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (built if missing)"
+    )
+    parser.add_argument("--frames", type=int, default=48, help="frames per timed synthesis (80 ms each)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: measure one setting, print JSON
+    args = parser.parse_args(argv)
+
+    if args.one:
+        print(json.dumps(measure_one(args.one, args.model, args.frames, args.threads)))
+        return 0
+
+    names = [n.strip() for n in args.settings.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    model_dir = ensure_model(args.model)
+    print(
+        f"CPU: {cpu_name()}; {args.threads} threads; "
+        f"{args.frames} frames ({args.frames * FRAME_SECONDS:.2f} s)"
+    )
+    results = []
+    for name in names:
+        child = [sys.executable, "-m", "wyoming_qwen3tts.benchmark", "--one", name, "--model", str(model_dir)]
+        child += ["--frames", str(args.frames), "--threads", str(args.threads)]
+        done = subprocess.run(child, capture_output=True, text=True, check=False, env={**os.environ})
+        if done.returncode != 0:
+            print(f"{name}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
+            continue
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        results.append(result)
+        print(
+            f"{name}: rtf {result['rtf']:.2f}, first audio {result['first_audio_s']:.2f} s", file=sys.stderr
+        )
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if len(results) == len(names) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
