@@ -33,7 +33,12 @@ def test_known_environment_names_of_other_cpu_servers():
         "TTS_DEVICE": "cpu",
     }
     settings = parse_settings([], environ=environ)
-    assert (settings.model, settings.attn, settings.interop_threads, settings.warmup) == ("/models/x", "eager", 2, False)
+    assert (settings.model, settings.attn, settings.interop_threads, settings.warmup) == (
+        "/models/x",
+        "eager",
+        2,
+        False,
+    )
 
 
 def test_our_names_win_over_the_legacy_ones():

@@ -23,7 +23,7 @@ BCP47_TO_MODEL = {code: name for name, code in MODEL_TO_BCP47.items() if "dialec
 
 
 def to_bcp47(model_language: str) -> str:
-    """"english" -> "en"; an unknown name is returned unchanged."""
+    """ "english" -> "en"; an unknown name is returned unchanged."""
     return MODEL_TO_BCP47.get(model_language.lower(), model_language)
 
 

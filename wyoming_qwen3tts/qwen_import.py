@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
-import logging
 import importlib.machinery
 import importlib.util
+import io
+import logging
 import sys
 import types
 from collections.abc import Iterator
