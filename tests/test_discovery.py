@@ -114,3 +114,27 @@ def test_advertise_and_browse_in_loopback_only_namespace() -> None:
     assert result["server_seen"] == result["server"]
     assert result["removed"] is True, "the goodbye sent by close() did not reach the browser"
     assert elapsed < 20
+
+
+def test_real_server_is_found_and_answers_at_the_advertised_address(tiny_models) -> None:
+    prefix = _netns_prefix()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    probe = REPO / "tests" / "netns_server_probe.py"
+    proc = subprocess.run(
+        [*prefix, sys.executable, str(probe), str(tiny_models["custom_voice"])],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["name"] == "kitchen._wyoming._tcp.local."
+    assert result["address"] == "127.0.0.1" and result["port"] == 10301
+    assert result["voices"] == 9

@@ -70,28 +70,46 @@ async def serve(settings: Settings, engine: Engine) -> None:
     options = handler_options(settings, engine)
     inference = InferenceQueue()
     server = AsyncServer.from_uri(settings.uri)
+    serving = asyncio.create_task(server.run(partial(Qwen3TTSEventHandler, engine, options, inference)))
     advertisement = None
-    if settings.zeroconf:
-        from .discovery import advertise
-
-        parsed = urlparse(settings.uri)
-        if parsed.scheme != "tcp" or parsed.port is None:
-            raise StartupError("--zeroconf needs a tcp:// --uri with a port")
-        try:
-            advertisement = await advertise(
-                settings.zeroconf, parsed.port, parsed.hostname, settings.zeroconf_host
-            )
-        except (OSError, RuntimeError, ValueError) as err:
-            _LOGGER.warning(
-                "Not advertising over zeroconf (%s); add the server by host and port instead", err
-            )
-    _LOGGER.info("Ready at %s with voices: %s", settings.uri, ", ".join(v.name for v in engine.voices()))
     try:
-        await server.run(partial(Qwen3TTSEventHandler, engine, options, inference))
+        # Advertise only once the socket accepts connections: a client acts on discovery at once.
+        await wait_until_listening(server, serving)
+        _LOGGER.info("Ready at %s with voices: %s", settings.uri, ", ".join(v.name for v in engine.voices()))
+        if settings.zeroconf:
+            advertisement = await advertise_server(settings)
+        await serving
     finally:
+        serving.cancel()
         if advertisement is not None:
             await advertisement.close()
-        inference.close()
+        await inference.aclose()
+
+
+async def wait_until_listening(server: AsyncServer, serving: asyncio.Task, timeout: float = 10.0) -> None:
+    """Return once the server's socket is open (wyoming keeps its asyncio server in `_server`)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline and not serving.done():
+        listener = getattr(server, "_server", None)
+        if listener is not None and listener.is_serving():
+            return
+        await asyncio.sleep(0.01)
+    if serving.done():
+        serving.result()  # raises what stopped it (e.g. the port is taken)
+
+
+async def advertise_server(settings: Settings):
+    """Advertise over zeroconf; on failure, warn and carry on without it."""
+    from .discovery import advertise
+
+    parsed = urlparse(settings.uri)
+    if parsed.scheme != "tcp" or parsed.port is None:
+        raise StartupError("--zeroconf needs a tcp:// --uri with a port")
+    try:
+        return await advertise(settings.zeroconf, parsed.port, parsed.hostname, settings.zeroconf_host)
+    except (OSError, RuntimeError, ValueError) as err:
+        _LOGGER.warning("Not advertising over zeroconf (%s); add the server by host and port instead", err)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
