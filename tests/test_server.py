@@ -229,6 +229,11 @@ def test_voice_design_model_speaks_its_default_voice(tiny_models):
         (["--model", "/nonexistent/model"], 1, "does not exist"),
         (["--dtype", "int3"], 2, "--dtype"),
         (["--backend", "openvino", "--model", "/tmp"], 2, "not available yet"),
+        (
+            ["--model", "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice", "--data-dir", "/nonexistent"],
+            1,
+            "could not be downloaded",
+        ),
     ],
 )
 def test_startup_problems_are_one_clear_line(args, exit_code, needle):

@@ -1,0 +1,61 @@
+"""The PyTorch engine end to end in-process: its streamed audio is qwen-tts's own audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wyoming_qwen3tts.engine.pytorch import PyTorchEngine, to_pcm16
+from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.settings import Settings
+
+TEXT = "Hello there, this is a test."
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = np.sum((reference - other) ** 2)
+    return float("inf") if noise == 0 else 10 * np.log10(np.sum(reference**2) / noise)
+
+
+def test_greedy_streamed_audio_equals_qwen_tts_generate(tiny_models):
+    model_dir = tiny_models["custom_voice"]
+    frames = 13
+    stock = import_qwen_tts().Qwen3TTSModel.from_pretrained(str(model_dir), dtype=torch.float32)
+    wavs, rate = stock.generate_custom_voice(
+        text=TEXT,
+        speaker="ryan",
+        language="english",
+        do_sample=False,
+        subtalker_dosample=False,
+        max_new_tokens=frames + 1,
+    )
+    expected = np.frombuffer(to_pcm16(wavs[0]), "<i2").astype(np.float64)
+
+    engine = PyTorchEngine(
+        model_dir, Settings(dtype="float32", quantize="none", greedy=True, max_frames=frames)
+    )
+    voice = next(v for v in engine.voices() if v.name == "ryan")
+    chunks = list(engine.synthesize(TEXT, voice, "english"))
+    got = np.frombuffer(b"".join(chunks), "<i2").astype(np.float64)
+
+    assert rate == engine.sample_rate
+    assert len(chunks) == 4  # 2 frames first, then 4, 4 and the last 3
+    assert got.shape == expected.shape == (frames * 1920,)
+    assert snr_db(expected, got) >= 40
+    # No click where chunks join: around each joint the stream is the whole-utterance audio.
+    joints = np.cumsum([len(c) // 2 for c in chunks])[:-1]
+    around = np.concatenate([np.arange(j - 8, j + 8) for j in joints])
+    assert np.abs(got - expected)[around].max() <= 2
+
+
+def test_clone_voice_reference_codes_are_decoded_once(tiny_models, voices_dir):
+    engine = PyTorchEngine(
+        tiny_models["base"], Settings(voices_dir=voices_dir, greedy=True, max_frames=6, quantize="none")
+    )
+    anna = next(v for v in engine.voices() if v.name == "anna")
+    primed = engine._primed_decoders["anna"]
+    frames_before = primed.frames
+    first = b"".join(engine.synthesize("Hi.", anna, "english"))
+    second = b"".join(engine.synthesize("Hi.", anna, "english"))
+    assert first == second and len(first) == 6 * 1920 * 2
+    assert primed.frames == frames_before == anna.clone_prompt.ref_code.shape[0]
