@@ -147,7 +147,7 @@ def test_snapshot_restore_continues_like_one_stream(decoder, codes, reference):
         assert (wav - tail).abs().max() < 1e-5
 
 
-def test_copy_and_reset(decoder, codes, reference):
+def test_copy_and_reset(decoder, codes):
     stream = StreamingDecoder(decoder)
     stream.decode(codes[..., :10])
     twin = stream.copy()
@@ -176,11 +176,11 @@ def test_grouped_query_attention():
     assert snr_db(whole(decoder, codes), streamed(StreamingDecoder(decoder), codes)) > 100
 
 
-def test_bfloat16(decoder, codes):
+def test_bfloat16(codes):
     half = random_decoder().to(torch.bfloat16)
     stream = StreamingDecoder(half)
     wav = streamed(stream, codes)
     assert all(t.dtype == torch.bfloat16 for t in stream.snapshot().convs + stream.snapshot().keys)
     assert wav.dtype == torch.float32
     # bfloat16 keeps 8 bits: different op orders round differently, so only close, not equal.
-    assert snr_db(whole(half, codes), wav) > 20
+    assert snr_db(whole(half, codes), wav) > 30  # about 35 dB, as close as bf16 whole is to float32

@@ -10,6 +10,11 @@ size then gives the same samples as decoding the whole utterance at once (up to 
 
 A state is a snapshot of immutable tensors, so a voice-clone reference prompt can be decoded once and its
 state restored at the start of every request that uses it.
+
+For the CPU, SnakeBeta runs in place and the transposed convs as one matrix product each (same values up
+to rounding). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay for reading all weights
+(~450 MB in float32) once per call, so 4-8 frames a chunk cost about half as much per frame as 1. Keep the
+codec in float32 on CPUs without native bfloat16 (AVX2): there bf16 convs take reference kernels, ~40x slower.
 """
 
 from __future__ import annotations
@@ -79,12 +84,12 @@ class StreamingDecoder:
             context = _context(module)
             if context:
                 self._context[module] = (len(self._context), context)
-        # Transposed convs of kernel 2 * stride as one matrix product each (see _polyphase).
+        # Transposed convs of kernel stride or 2 * stride as one matrix product each (see _polyphase).
         self._polyphase = {
             module: _polyphase_weights(module.conv)
-            for module in self._context
+            for module in [*(up for up, _convnext in self._upsample), *self._context]
             if isinstance(module.conv, nn.ConvTranspose1d)
-            and module.conv.kernel_size[0] == 2 * module.conv.stride[0]
+            and module.conv.kernel_size[0] in (module.conv.stride[0], 2 * module.conv.stride[0])
         }
         self._initial = self._zero_state()
         self.restore(self._initial)
@@ -154,27 +159,25 @@ class StreamingDecoder:
             hidden = self._convnext(convnext, self._conv(upsample, hidden))
         wav = self._conv(self._first_conv, hidden)
         for act, upsample, units in self._blocks:
-            wav = self._conv(upsample, act(wav))
+            wav = self._conv(upsample, _snake(act, wav))
             for unit in units:
-                residual = wav
-                wav = self._conv(unit.conv1, unit.act1(wav))
-                wav = self._conv(unit.conv2, unit.act2(wav)) + residual
-        wav = self._conv(self._last_conv, self._last_act(wav))
+                out = self._conv(unit.conv1, _snake(unit.act1, wav))
+                wav = self._conv(unit.conv2, _snake(unit.act2, out)).add_(wav)
+        wav = self._conv(self._last_conv, _snake(self._last_act, wav))
         self.frames += codes.shape[2]
         return wav.clamp(min=-1, max=1).reshape(-1)
 
     def _conv(self, module: Any, x: torch.Tensor) -> torch.Tensor:
         """A causal (transposed) conv on x [1, C, T] continuing from the inputs it saw before."""
         entry = self._context.get(module)
-        if entry is None:  # kernel 1, or transposed with kernel == stride: no past, no padding
-            return module.conv(x)
-        index, context = entry
-        x = torch.cat([self._convs[index], x], dim=-1)
-        self._convs[index] = x[..., -context:].clone()  # a copy: a slice would keep all of x alive
+        if entry is not None:  # else kernel 1, or transposed with kernel == stride: no past, no padding
+            index, context = entry
+            x = torch.cat([self._convs[index], x], dim=-1)
+            self._convs[index] = x[..., -context:].clone()  # a copy: a slice would keep all of x alive
         polyphase = self._polyphase.get(module)
         if polyphase is not None:
             return _run_polyphase(x, *polyphase)
-        if isinstance(module.conv, nn.ConvTranspose1d):
+        if entry is not None and isinstance(module.conv, nn.ConvTranspose1d):
             # Outputs of the context inputs are dropped; the right end is trimmed as upstream does.
             stride = module.conv.stride[0]
             return module.conv(x)[..., context * stride : x.shape[-1] * stride]
@@ -224,27 +227,35 @@ class StreamingDecoder:
         return transformer.output_proj(transformer.norm(hidden))
 
 
-def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """A causal transposed conv (kernel 2s, stride s) as a matrix [2 * C_in, s * C_out] and its bias.
+def _snake(act: Any, x: torch.Tensor) -> torch.Tensor:
+    """SnakeBeta.forward, x + sin(x * alpha)^2 / beta, with one allocation instead of five (same values)."""
+    alpha = act.alpha.exp()[:, None]
+    inverse_beta = 1.0 / (act.beta.exp()[:, None] + act.no_div_by_zero)
+    return (x * alpha).sin_().pow_(2).mul_(inverse_beta).add_(x)
 
-    Output block j (s samples) is x[j] @ W[..., :s] + x[j-1] @ W[..., s:]: one GEMM over the
-    time steps, which CPUs run several times faster than conv_transpose1d at these shapes.
+
+def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A causal transposed conv (kernel s or 2s, stride s) as a matrix [taps * C_in, s * C_out] and its bias.
+
+    Output block j (s samples) is x[j] @ W[..., :s] (+ x[j-1] @ W[..., s:] for kernel 2s): one GEMM over
+    the time steps, which CPUs run several times faster than conv_transpose1d at these shapes.
     """
-    weight = conv.weight.detach()  # [C_in, C_out, 2s]
+    weight = conv.weight.detach()  # [C_in, C_out, taps * s]
     c_in, c_out, kernel = weight.shape
-    stride = kernel // 2
-    current = weight[:, :, :stride].permute(0, 2, 1).reshape(c_in, stride * c_out)
-    previous = weight[:, :, stride:].permute(0, 2, 1).reshape(c_in, stride * c_out)
+    stride = conv.stride[0]
+    taps = [weight[:, :, start : start + stride] for start in range(0, kernel, stride)]  # current, previous
+    matrix = torch.cat([tap.permute(0, 2, 1).reshape(c_in, stride * c_out) for tap in taps])
     bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(c_out)
-    return torch.cat([current, previous]).contiguous(), bias.repeat(stride), stride
+    return matrix.contiguous(), bias.repeat(stride), stride
 
 
 def _run_polyphase(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
-    """Apply _polyphase_weights to x [1, C_in, 1 + T] (one past input first): [1, C_out, T * s]."""
-    steps = x[0].t()  # [1 + T, C_in]
-    pairs = torch.cat([steps[1:], steps[:-1]], dim=1)  # [T, 2 * C_in]: current, previous
-    out = torch.addmm(bias, pairs, matrix)  # [T, s * C_out], ordered (phase, channel)
-    length = pairs.shape[0]
+    """Apply _polyphase_weights to x [1, C_in, T] (kernel 2s: past input, then T new): [1, C_out, T * s]."""
+    steps = x[0].t()  # [T, C_in]
+    if matrix.shape[0] != steps.shape[1]:  # kernel 2s: each step beside the one before it
+        steps = torch.cat([steps[1:], steps[:-1]], dim=1)  # [T, 2 * C_in]: current, previous
+    out = torch.addmm(bias, steps, matrix)  # [T, s * C_out], ordered (phase, channel)
+    length = steps.shape[0]
     return out.view(length, stride, -1).permute(2, 0, 1).reshape(1, -1, length * stride)
 
 
