@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 from functools import partial
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from wyoming.server import AsyncServer
@@ -21,6 +22,9 @@ from .handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
 from .languages import AUTO, to_model_language
 from .model_files import ModelError, resolve_model_dir
 from .settings import Settings, SettingsError, parse_settings
+
+if TYPE_CHECKING:
+    from .discovery import Advertisement
 
 _LOGGER = logging.getLogger("wyoming_qwen3tts")
 
@@ -77,7 +81,7 @@ async def serve(settings: Settings, engine: Engine) -> None:
         await wait_until_listening(server, serving)
         _LOGGER.info("Ready at %s with voices: %s", settings.uri, ", ".join(v.name for v in engine.voices()))
         if settings.zeroconf:
-            advertisement = await advertise_server(settings)
+            advertisement = await advertise_server(settings, settings.zeroconf)
         await serving
     finally:
         serving.cancel()
@@ -98,15 +102,15 @@ async def wait_until_listening(server: AsyncServer, serving: asyncio.Task, timeo
         serving.result()  # raises what stopped it (e.g. the port is taken)
 
 
-async def advertise_server(settings: Settings):
-    """Advertise over zeroconf; on failure, warn and carry on without it."""
-    from .discovery import advertise
+async def advertise_server(settings: Settings, name: str) -> Advertisement | None:
+    """Advertise over zeroconf under name; on failure, warn and carry on without it."""
+    from .discovery import advertise  # zeroconf is imported only when used
 
     parsed = urlparse(settings.uri)
     if parsed.scheme != "tcp" or parsed.port is None:
         raise StartupError("--zeroconf needs a tcp:// --uri with a port")
     try:
-        return await advertise(settings.zeroconf, parsed.port, parsed.hostname, settings.zeroconf_host)
+        return await advertise(name, parsed.port, parsed.hostname, settings.zeroconf_host)
     except (OSError, RuntimeError, ValueError) as err:
         _LOGGER.warning("Not advertising over zeroconf (%s); add the server by host and port instead", err)
         return None
