@@ -68,8 +68,14 @@ def apply_precision(model: Any, precision: Precision) -> FrameGenerator:
     talker = model.talker
     # The text embedding (151936 x 2048) and its projection only build prompts: they keep the load dtype.
     # The speaker encoder follows the talker: qwen-tts casts its input to the model's (first) dtype.
-    text_side = (talker.model.text_embedding, talker.text_projection)
-    _cast(model, getattr(torch, precision.compute_dtype), keep=text_side)
+    keep: tuple[torch.nn.Module, ...] = (talker.model.text_embedding, talker.text_projection)
+    if precision.int8_kernel:
+        # Quantized straight from the loaded weights: casting them to float32 first would double the
+        # peak memory of loading for weights that are about to become int8.
+        predictor = talker.code_predictor
+        stacks = (talker.model.layers, predictor.model.layers, predictor.lm_head, talker.codec_head)
+        keep += tuple(m for stack in stacks for m in stack.modules() if isinstance(m, torch.nn.Linear))
+    _cast(model, getattr(torch, precision.compute_dtype), keep=keep)
     _cast(model.speech_tokenizer.model.decoder, getattr(torch, precision.codec_dtype))
     make_linear = KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
     return FrameGenerator(model, make_linear)
@@ -109,6 +115,8 @@ class PyTorchEngine(Engine):
             threads,
         )
         self._codec = model.speech_tokenizer.model.decoder
+        # Built once: its per-module tables (polyphase weights) are shared by every copy().
+        self._fresh_decoder = StreamingDecoder(self._codec)
         self._primed_decoders: dict[str, StreamingDecoder] = {}
         self._voices = self._build_voices(settings.voices_dir)
         if not self._voices:
@@ -121,7 +129,7 @@ class PyTorchEngine(Engine):
     def _decoder_for(self, voice: Voice) -> StreamingDecoder:
         """A decoder for one utterance; a cloned voice's starts from its decoded reference codes."""
         primed = self._primed_decoders.get(voice.name)
-        return primed.copy() if primed is not None else StreamingDecoder(self._codec)
+        return (primed or self._fresh_decoder).copy()
 
     @property
     def model_kind(self) -> str:
@@ -166,7 +174,7 @@ class PyTorchEngine(Engine):
             if prompt.ref_code is not None:
                 # In-context cloning continues the reference audio: the codec must hear it first.
                 # Decode it once here and start every request from that state.
-                primed = StreamingDecoder(self._codec)
+                primed = self._fresh_decoder.copy()
                 primed.decode(prompt.ref_code)
                 self._primed_decoders[entry.name] = primed
             mode = "reference audio + transcript" if entry.transcript else "reference audio only"

@@ -46,9 +46,14 @@ def available_kernels() -> list[str]:
 
 def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per output channel: (int8 weight, float32 scale per row)."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    w = weight.detach()
+    scale = (w.abs().amax(dim=1).float() / 127.0).clamp(min=1e-8)
+    # In blocks of rows, so no float32 copy of a whole matrix ever exists.
+    rows = [
+        torch.round(w[i : i + 256].float() / scale[i : i + 256, None]).clamp_(-127, 127).to(torch.int8)
+        for i in range(0, w.shape[0], 256)
+    ]
+    return torch.cat(rows), scale
 
 
 class DynamicInt8Linear(nn.Module):
