@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,12 +137,50 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         samples += len(chunk) // 2
     total_s = time.perf_counter() - started
     return {
+        "profile_ms_per_frame": profile_engine(engine, voice, frames),
         "load_s": load_s,
         "first_audio_s": first,
         "total_s": total_s,
         "samples": samples,
         "precision": precision.describe() if precision else settings.dtype,
     }
+
+
+def profile_engine(engine, voice, frames: int) -> dict[str, float]:
+    """Where the milliseconds of one frame go: talker step, 15 predictor steps, codec decode, the rest."""
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(name: str, function):
+        def run(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - started
+
+        return run
+
+    generator = engine.frame_generator
+    generator.talker_stack.forward = timed("talker step", generator.talker_stack.forward)
+    generator.predictor_stack.forward = timed("code predictor (15 steps)", generator.predictor_stack.forward)
+    make_decoder = engine._decoder_for
+
+    def decoder_for(voice):
+        decoder = make_decoder(voice)
+        decoder.decode = timed("codec decode", decoder.decode)
+        return decoder
+
+    engine._decoder_for = decoder_for
+    try:
+        started = time.perf_counter()
+        samples = sum(len(chunk) // 2 for chunk in engine.synthesize(TEXT, voice, "english"))
+        total = time.perf_counter() - started
+    finally:
+        del generator.talker_stack.forward, generator.predictor_stack.forward, engine._decoder_for
+    count = max(1, round(samples / 1920))
+    profile = {name: 1000 * seconds / count for name, seconds in spent.items()}
+    profile["rest (sampling, embeddings, prompt)"] = 1000 * total / count - sum(profile.values())
+    return profile
 
 
 def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
@@ -227,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: rtf {result['rtf']:.2f}, first audio {result['first_audio_s']:.2f} s", file=sys.stderr
         )
     print(table(results))
+    for result in results:
+        profile = result.get("profile_ms_per_frame")
+        if profile:
+            parts = ", ".join(f"{name} {ms:.1f}" for name, ms in profile.items())
+            print(f"\n{result['name']}, ms per 80 ms frame: {parts} (total {sum(profile.values()):.1f})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0 if len(results) == len(names) else 1
