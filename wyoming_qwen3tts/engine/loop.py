@@ -292,12 +292,16 @@ class FrameGenerator:
         self.num_groups = config.num_code_groups
         self.talker = talker
         self.codec_embedding = talker.model.codec_embedding
-        self.codec_head = make_linear(talker.codec_head)
+        # The heads are replaced in the model too, so the originals are released.
+        talker.codec_head = self.codec_head = make_linear(talker.codec_head)
         predictor = talker.code_predictor
         self.predictor_embeddings = list(predictor.model.codec_embedding)
         self.predictor_heads = [make_linear(head) for head in predictor.lm_head]
+        predictor.lm_head = nn.ModuleList(self.predictor_heads)
         projection = predictor.small_to_mtp_projection
-        self.to_predictor = make_linear(projection) if isinstance(projection, nn.Linear) else projection
+        if isinstance(projection, nn.Linear):
+            predictor.small_to_mtp_projection = projection = make_linear(projection)
+        self.to_predictor = projection
         dtype = talker.model.norm.weight.dtype
         self.dtype = dtype
         with torch.inference_mode():
