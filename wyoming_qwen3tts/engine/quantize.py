@@ -113,7 +113,9 @@ class Int8Embedding(nn.Module):
 
     def __init__(self, embedding: nn.Embedding, out_dtype: torch.dtype) -> None:
         super().__init__()
-        self.qweight, self.scale = _per_channel_int8(embedding.weight)
+        qweight, scale = _per_channel_int8(embedding.weight)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
         self.out_dtype = out_dtype
         self.embedding_dim = embedding.embedding_dim
 
