@@ -22,9 +22,9 @@ from ..settings import Settings
 from ..voices import DEFAULT_DESIGN_INSTRUCTION, preset_voices, read_voices_dir
 from .base import Engine, EngineError, Voice
 from .decoder import StreamingDecoder
-from .loop import FrameGenerator, LinearFactory, TalkerPrompt, capture_prompt, keep_float
+from .loop import FrameGenerator, TalkerPrompt, capture_prompt, keep_float
 from .precision import Precision, choose_precision
-from .quantize import KERNELS, Int8Embedding
+from .quantize import KERNELS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,40 +77,9 @@ def apply_precision(model: Any, precision: Precision) -> FrameGenerator:
         stacks = (talker.model.layers, predictor.model.layers, predictor.lm_head, talker.codec_head)
         keep += tuple(m for stack in stacks for m in stack.modules() if isinstance(m, torch.nn.Linear))
     _cast(model, getattr(torch, precision.compute_dtype), keep=keep)
-    if precision.int8_kernel:
-        projection_dtype = talker.text_projection.linear_fc1.weight.dtype
-        talker.model.text_embedding = Int8Embedding(talker.model.text_embedding, projection_dtype)
     _cast(model.speech_tokenizer.model.decoder, getattr(torch, precision.codec_dtype))
-    generator = FrameGenerator(model, make_linear(precision))
-    release_checkpoint_mappings(model, model.speech_tokenizer.model)
-    return generator
-
-
-def make_linear(precision: Precision) -> LinearFactory:
-    """What the frame generator turns each talker/predictor Linear into."""
-    return KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
-
-
-def release_checkpoint_mappings(*modules: torch.nn.Module) -> None:
-    """Give every tensor still inside a memory-mapped checkpoint file a copy of its own.
-
-    Loading maps the *.safetensors files; one tensor left in a mapping keeps it open, and with it
-    every page of the file that loading touched (about 1.8 GB for 0.6B), though most weights were
-    since converted into new memory.
-    """
-    ranges = []
-    with open("/proc/self/maps", encoding="utf-8") as maps:
-        for line in maps:
-            if line.rstrip().endswith(".safetensors"):
-                start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                ranges.append((start, end))
-    if not ranges:
-        return
-    for module in modules:
-        for tensor in (*module.parameters(), *module.buffers()):
-            pointer = tensor.untyped_storage().data_ptr()
-            if any(start <= pointer < end for start, end in ranges):
-                tensor.data = tensor.data.clone()
+    make_linear = KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
+    return FrameGenerator(model, make_linear)
 
 
 def to_pcm16(waveform: np.ndarray | torch.Tensor) -> bytes:

@@ -102,23 +102,3 @@ class WeightOnlyInt8Linear(nn.Module):
 
 
 KERNELS = {"dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}
-
-
-class Int8Embedding(nn.Module):
-    """nn.Embedding with int8 rows and a scale per row, looked up into out_dtype.
-
-    For the text embedding (151936 x 2048), read only while prompts are built:
-    a quarter of its float32 size, with rows within 0.4 % of the original.
-    """
-
-    def __init__(self, embedding: nn.Embedding, out_dtype: torch.dtype) -> None:
-        super().__init__()
-        qweight, scale = _per_channel_int8(embedding.weight)
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scale", scale)
-        self.out_dtype = out_dtype
-        self.embedding_dim = embedding.embedding_dim
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.qweight[ids].to(torch.float32) * self.scale[ids].unsqueeze(-1)
-        return rows.to(self.out_dtype)
