@@ -81,6 +81,15 @@ def test_warmup_flag_pair():
     assert parse_settings(["--warmup"], environ={"TTS_WARMUP_ON_START": "0"}).warmup is True
 
 
+def test_normalize_flag_pair_and_environment():
+    assert parse_settings([], environ={}).normalize is True
+    assert parse_settings([], environ={"QWEN3TTS_NORMALIZE": "0"}).normalize is False
+    assert parse_settings(["--normalize"], environ={"QWEN3TTS_NORMALIZE": "off"}).normalize is True
+    assert parse_settings(["--no-normalize"], environ={"QWEN3TTS_NORMALIZE": "1"}).normalize is False
+    with pytest.raises(SettingsError, match="QWEN3TTS_NORMALIZE"):
+        parse_settings([], environ={"QWEN3TTS_NORMALIZE": "maybe"})
+
+
 def test_voices_dir_must_exist(tmp_path):
     with pytest.raises(SettingsError, match="not a directory"):
         parse_settings(["--voices-dir", str(tmp_path / "missing")], environ={})

@@ -130,3 +130,58 @@ def test_flush_starts_afresh() -> None:
     assert buffer.flush() == ["First text"]
     assert buffer.feed("Second. Text") == ["Second."]
     assert buffer.flush() == ["Text"]
+
+
+# -- what the issue asks of sentence splitting, with the rejoining step after sentence-stream -------
+
+
+def test_issue_examples_stay_whole() -> None:
+    assert split_sentences("Dr. Smith is here. He waits.") == ["Dr. Smith is here.", "He waits."]
+    assert split_sentences("It weighs 3.5 kg. Good.") == ["It weighs 3.5 kg.", "Good."]
+    assert split_sentences("Das ist z. B. gut. Ja.") == ["Das ist z. B. gut.", "Ja."]
+    assert split_sentences("Das ist z.B. gut. Ja.") == ["Das ist z.B. gut.", "Ja."]
+    assert split_sentences("1. First item. 2. Second item.") == ["1. First item.", "2. Second item."]
+
+
+def test_a_list_number_on_its_own_line_goes_with_its_item() -> None:
+    # sentence-stream alone gives ["Intro:\n1.", "First item\n2.", "Second item"].
+    assert split_sentences("Intro:\n1. First item\n2. Second item") == [
+        "Intro:",
+        "1. First item",
+        "2. Second item",
+    ]
+
+
+def test_german_dates_with_ordinal_days_stay_whole() -> None:
+    # sentence-stream alone cuts after "3." when a capital follows: ["Am 3.", "Mai um ..."].
+    assert split_sentences("Am 3. Mai um 14:30 kostet es 12,50 €. Gut.") == [
+        "Am 3. Mai um 14:30 kostet es 12,50 €.",
+        "Gut.",
+    ]
+    assert split_sentences("Heute ist der 24. Dezember 2024. Schön.") == [
+        "Heute ist der 24. Dezember 2024.",
+        "Schön.",
+    ]
+
+
+def test_a_year_or_a_capital_letter_at_the_end_still_ends_a_sentence() -> None:
+    assert split_sentences("Das war 2024. Dann kam 2025.") == ["Das war 2024.", "Dann kam 2025."]
+    assert split_sentences("Это т. е. хорошо. Да.") == ["Это т. е. хорошо.", "Да."]
+
+
+def test_chinese_japanese_and_korean_sentence_ends() -> None:
+    assert split_sentences("你好。今天是2024年5月3日！好吗？") == ["你好。", "今天是2024年5月3日！", "好吗？"]
+    assert split_sentences("はい。3時です！") == ["はい。", "3時です！"]
+    assert split_sentences("안녕하세요. 세 시예요!") == ["안녕하세요.", "세 시예요!"]
+
+
+def test_streamed_pieces_rejoin_across_a_cut_after_a_number() -> None:
+    fed, rest = feed_all(["Am 3", ". Mai kommt er", ". Dann", " gehen wir."])
+    assert fed == [[], [], ["Am 3. Mai kommt er."], []]
+    assert rest == ["Dann gehen wir."]
+
+
+def test_an_unfinished_end_comes_out_at_flush() -> None:
+    fed, rest = feed_all(["Wir zählen bis 3. Dann", " Schluss"])
+    assert fed == [[], []]
+    assert rest == ["Wir zählen bis 3. Dann Schluss"]

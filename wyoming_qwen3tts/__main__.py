@@ -54,6 +54,7 @@ def handler_options(settings: Settings, engine: Engine) -> HandlerOptions:
         default_language=language or AUTO,
         samples_per_chunk=settings.samples_per_chunk,
         max_text_chars=settings.max_text_chars,
+        normalize=settings.normalize,
         program_name=PROGRAM_NAME,
         version=__version__,
     )

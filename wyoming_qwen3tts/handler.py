@@ -38,7 +38,7 @@ from . import __version__
 from .engine.base import Engine, EngineError, Voice
 from .inference import InferenceQueue
 from .languages import AUTO, to_bcp47, to_model_language
-from .text import SentenceBuffer, split_sentences
+from .text import SentenceBuffer, normalize, split_sentences
 
 # InferenceQueue is re-exported: the server wiring builds one and passes it to every handler.
 __all__ = ["HandlerOptions", "InferenceQueue", "Qwen3TTSEventHandler", "RequestError", "find_voice"]
@@ -68,6 +68,7 @@ class HandlerOptions:
     default_language: str = AUTO  # "auto" or a model language name ("english")
     samples_per_chunk: int = 1024  # at most this many samples per audio-chunk event
     max_text_chars: int = 5000  # longer requests (or streams) are refused
+    normalize: bool = True  # numbers, dates, money, markup ... written out before synthesis
     program_name: str = "qwen3-tts"
     version: str = __version__
 
@@ -353,6 +354,13 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
     async def _speak(self, speech: _Speech, sentence: str) -> None:
         """Synthesize one sentence, writing its audio as the engine produces it."""
         speech.chars += len(sentence)
+        if self.options.normalize:
+            try:
+                sentence = normalize(sentence, speech.language)
+            except Exception:  # a rule that trips on odd text must not cost the sentence its audio
+                _LOGGER.warning("Could not normalise %r; speaking it as written", sentence, exc_info=True)
+            if not sentence:  # only markup or emoji
+                return
         _LOGGER.debug("Speaking sentence with %s: %r", speech.voice.name, sentence)
         chunks = self.inference.iterate(self.engine.synthesize, sentence, speech.voice, speech.language)
         async with aclosing(chunks):

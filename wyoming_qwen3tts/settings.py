@@ -49,6 +49,7 @@ class Settings:
     voice: str | None = None
     language: str = "auto"
     warmup: bool = True
+    normalize: bool = True
     max_frames: int = 0  # 0: derived from the text length
     greedy: bool = False
     zeroconf: str | None = None
@@ -114,6 +115,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "voice": (("QWEN3TTS_VOICE",), str),
     "language": (("QWEN3TTS_LANGUAGE",), str),
     "warmup": (("QWEN3TTS_WARMUP", "TTS_WARMUP_ON_START"), _bool),
+    "normalize": (("QWEN3TTS_NORMALIZE",), _bool),
     "max_frames": (("QWEN3TTS_MAX_FRAMES",), _positive_int),
     "greedy": (("QWEN3TTS_GREEDY",), _bool),
     "zeroconf": (("QWEN3TTS_ZEROCONF",), str),
@@ -173,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="synthesize a short phrase at start so the first request is fast "
         f"[env: {', '.join(ENVIRONMENT['warmup'][0])}; default: on]",
+    )
+    parser.add_argument(
+        "--normalize",
+        dest="normalize",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="write numbers, dates, money, units and markup out as words before synthesis "
+        f"[env: {', '.join(ENVIRONMENT['normalize'][0])}; default: on]",
     )
     add(
         "max_frames",

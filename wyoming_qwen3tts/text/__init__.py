@@ -1,0 +1,21 @@
+"""Text before synthesis: sentence splitting and normalisation into speakable words.
+
+sentences: cuts one-shot or streamed text into sentences, so each can be synthesized as
+soon as it is complete. normalize: writes numbers, dates, money, units, abbreviations and
+markup out as a speaker of the language would say them. `python -m wyoming_qwen3tts.text`
+prints what the normaliser makes of a text.
+"""
+
+from __future__ import annotations
+
+from .normalize import LANGUAGES, guess_language, normalize, resolve_language
+from .sentences import SentenceBuffer, split_sentences
+
+__all__ = [
+    "LANGUAGES",
+    "SentenceBuffer",
+    "guess_language",
+    "normalize",
+    "resolve_language",
+    "split_sentences",
+]
