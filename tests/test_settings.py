@@ -100,3 +100,12 @@ def test_auto_dtype_follows_the_cpu_it_runs_on():
     assert Settings(dtype="auto").resolved_dtype(native_bf16=True) == "bfloat16"
     assert Settings(dtype="auto").resolved_dtype(native_bf16=False) == "float32"
     assert Settings(dtype="float32").resolved_dtype(native_bf16=True) == "float32"
+
+
+def test_help_lists_every_flag_with_its_environment(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(["--help"], environ={})
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--no-warmup" in text and "TTS_WARMUP_ON_START" in text and "CPU_THREADS" in text
+    assert "%(asctime)s" in text  # the log format default, shown as written

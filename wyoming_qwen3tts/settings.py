@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str, **kwargs: Any) -> None:
         envs = ", ".join(ENVIRONMENT[name][0])
         default = getattr(defaults, name)
-        shown = "" if default in (None, "") else f"; default: {default}"
+        shown = (
+            "" if default in (None, "") else f"; default: {default}".replace("%", "%%")
+        )  # argparse formats %
         parser.add_argument(
             _flag(name), dest=name, default=None, help=f"{help_text} [env: {envs}{shown}]", **kwargs
         )
@@ -168,21 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("interop_threads", "torch inter-op threads", type=_positive_int)
     add("voice", "default voice when a request names none")
     add("language", "default language when a request and its voice name none: auto, en, de, ... or english")
-    parser.add_argument(
-        "--warmup",
-        dest="warmup",
-        default=None,
-        action=argparse.BooleanOptionalAction,
-        help="synthesize a short phrase at start so the first request is fast "
-        f"[env: {', '.join(ENVIRONMENT['warmup'][0])}; default: on]",
-    )
-    parser.add_argument(
-        "--normalize",
-        dest="normalize",
-        default=None,
-        action=argparse.BooleanOptionalAction,
-        help="write numbers, dates, money, units and markup out as words before synthesis "
-        f"[env: {', '.join(ENVIRONMENT['normalize'][0])}; default: on]",
+    switch = argparse.BooleanOptionalAction
+    add("warmup", "synthesize a short phrase at start so the first request is fast", action=switch)
+    add(
+        "normalize",
+        "write numbers, dates, money, units and markup out as words before synthesis",
+        action=switch,
     )
     add(
         "max_frames",
@@ -204,14 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("ov_device", "OpenVINO device (openvino backend)")
     add("ov_model_dir", "directory of exported OpenVINO models (openvino backend)")
     add("ov_cache_dir", "OpenVINO compiled-model cache (openvino backend)")
-    parser.add_argument(
-        "--debug",
-        dest="debug",
-        default=None,
-        action="store_const",
-        const=True,
-        help=f"log debug messages [env: {', '.join(ENVIRONMENT['debug'][0])}]",
-    )
+    add("debug", "log debug messages", action="store_const", const=True)
     add("log_format", "Python logging format")
     parser.add_argument("--version", action="version", version=__version__)
     return parser
