@@ -283,7 +283,7 @@ class FrameGenerator:
     """Turns a TalkerPrompt into frames of 16 codes, one talker step + 15 predictor steps per frame."""
 
     def __init__(
-        self, model: nn.Module, make_linear: LinearFactory = keep_float, max_positions: int = 4096
+        self, model: nn.Module, make_linear: LinearFactory = keep_float, max_positions: int = 8192
     ) -> None:
         talker = model.talker
         config = talker.config

@@ -28,11 +28,11 @@ from .quantize import KERNELS
 
 _LOGGER = logging.getLogger(__name__)
 
-FRAMES_PER_SECOND = 12.5
 # Speech runs at roughly one 80 ms frame per Latin character and up to three
 # per CJK character; the cap stops a model that runs away, not a slow speaker.
 FRAMES_PER_CHAR = 4
 MIN_FRAME_CAP = 50
+MAX_FRAME_CAP = 3000  # 4 minutes of speech in one sentence; the talker's positions must fit the prompt too
 # Frames per decoded chunk: the first chunk small for fast first audio (2 frames = 160 ms of speech),
 # later ones larger, as the codec decodes a frame for less when it gets several at once (measured,
 # 2 threads: ~100 ms a frame in 2-frame chunks, ~72 in 4-frame, ~60 in 8-frame chunks).
@@ -41,8 +41,6 @@ CHUNK_SCHEDULE = (2, 4, 8)
 
 def configure_threads(settings: Settings) -> int:
     """Set torch's thread pools from the settings; return the intra-op thread count."""
-    import torch
-
     threads = settings.threads or usable_cores()
     torch.set_num_threads(threads)
     try:
@@ -193,7 +191,7 @@ class PyTorchEngine(Engine):
 
     def frame_cap(self, text: str) -> int:
         """Most frames one sentence may produce: --max-frames, else derived from its length."""
-        derived = MIN_FRAME_CAP + FRAMES_PER_CHAR * len(text)
+        derived = min(MAX_FRAME_CAP, MIN_FRAME_CAP + FRAMES_PER_CHAR * len(text))
         return min(self._settings.max_frames, derived) if self._settings.max_frames else derived
 
     def _sampling(self) -> dict:
