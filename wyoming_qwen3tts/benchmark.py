@@ -38,7 +38,7 @@ class BenchmarkSetting:
     """One row of the table: which path (stock qwen-tts or our engine) with which weights."""
 
     name: str
-    path: str  # "stock" or "engine"
+    path: str  # "stock", "engine", or "server" (python -m wyoming_qwen3tts over loopback)
     dtype: str
     quantize: str = "none"
 
@@ -51,6 +51,7 @@ SETTINGS = {
         BenchmarkSetting("engine-float32", "engine", "float32"),
         BenchmarkSetting("engine-bfloat16", "engine", "bfloat16"),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
+        BenchmarkSetting("server-auto", "server", "auto", "auto"),
     )
 }
 
@@ -183,9 +184,78 @@ def profile_engine(engine, voice, frames: int) -> dict[str, float]:
     return profile
 
 
+def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int) -> dict:
+    """The whole server as Home Assistant meets it: one-sentence synthesize to first audio-chunk."""
+    import asyncio
+    import socket
+
+    from wyoming.audio import AudioChunk, AudioStop
+    from wyoming.client import AsyncTcpClient
+    from wyoming.tts import Synthesize
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "wyoming_qwen3tts",
+        "--model",
+        str(model_dir),
+        "--uri",
+        f"tcp://127.0.0.1:{port}",
+    ]
+    command += ["--threads", str(threads), "--greedy", "--max-frames", str(frames), "--dtype", setting.dtype]
+    command += ["--quantize", setting.quantize]
+    started = time.perf_counter()
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    async def synthesize() -> tuple[float, float, int, float]:
+        while True:
+            try:
+                client = AsyncTcpClient("127.0.0.1", port)
+                await client.connect()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    _, errors = server.communicate()
+                    raise RuntimeError(f"server exited: {errors[-2000:]}") from None
+                await asyncio.sleep(0.2)
+        load_s = time.perf_counter() - started
+        sent = time.perf_counter()
+        await client.write_event(Synthesize(text=TEXT).event())
+        first, samples = None, 0
+        while True:
+            event = await client.read_event()
+            if event is None or AudioStop.is_type(event.type):
+                break
+            if AudioChunk.is_type(event.type):
+                first = first or time.perf_counter() - sent
+                samples += len(AudioChunk.from_event(event).audio) // 2
+        total = time.perf_counter() - sent
+        await client.disconnect()
+        return load_s, first or total, samples, total
+
+    try:
+        load_s, first, samples, total = asyncio.run(synthesize())
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {
+        "load_s": load_s,
+        "first_audio_s": first,
+        "total_s": total,
+        "samples": samples,
+        "server_peak_rss_gb": peak_kb / 1024 / 1024,
+        "precision": f"server, --dtype {setting.dtype} --quantize {setting.quantize}",
+    }
+
+
 def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
     setting = SETTINGS[name]
-    measure = measure_stock if setting.path == "stock" else measure_engine
+    measure = {"stock": measure_stock, "engine": measure_engine, "server": measure_server}[setting.path]
     result = measure(setting, model_dir, frames, threads)
     audio_s = result["samples"] / 24000
     result.update(
@@ -193,7 +263,7 @@ def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
         frames=round(audio_s / FRAME_SECONDS),
         audio_s=audio_s,
         rtf=result["total_s"] / audio_s,
-        peak_rss_gb=peak_rss_gb(),
+        peak_rss_gb=result.pop("server_peak_rss_gb", None) or peak_rss_gb(),
     )
     return result
 
