@@ -20,6 +20,18 @@ from wyoming_qwen3tts.tiny_model import build_tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """For modules of tiny tensors: they gain nothing from intra-op threads, and on a busy machine
+    the spare threads spin-wait. Applied with pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny model directory per kind, built lazily."""

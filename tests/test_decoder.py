@@ -84,13 +84,7 @@ def snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
     return float(10 * torch.log10(reference.double().pow(2).sum() / error.clamp(min=1e-30)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs gain nothing from a second thread, and lose a lot when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
