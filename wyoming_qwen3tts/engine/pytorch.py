@@ -199,10 +199,13 @@ class PyTorchEngine(Engine):
             return {"do_sample": False, "subtalker_dosample": False}
         return {}
 
-    def _stock_call(self, text: str, voice: Voice, language: str, **kwargs) -> Callable[[], Any]:
-        """The qwen-tts generate_* call for this voice; the loop takes its prompt, or it runs whole."""
+    def _stock_call(self, text: str, voice: Voice, language: str) -> Callable[[], Any]:
+        """The qwen-tts generate_* call for this voice, for capture_prompt to take its prompt from.
+
+        It never runs whole here: the frame generator has taken over the talker's layers.
+        """
         tts = self._tts
-        kwargs = {**self._sampling(), **kwargs}
+        kwargs = self._sampling()
         if voice.kind == "preset":
             return lambda: tts.generate_custom_voice(
                 text=text, speaker=voice.speaker, language=language, instruct=voice.instruct, **kwargs
@@ -221,13 +224,9 @@ class PyTorchEngine(Engine):
         """The talker prompt qwen-tts builds for this text, voice and language."""
         return capture_prompt(self._tts.model, self._stock_call(text, voice, language))
 
-    def frames(
-        self, text: str, voice: Voice, language: str, max_frames: int | None = None
-    ) -> Iterator[torch.Tensor]:
+    def frames(self, text: str, voice: Voice, language: str) -> Iterator[torch.Tensor]:
         """The frames of codes for text, each as soon as it exists."""
-        return self.frame_generator.frames(
-            self.prompt(text, voice, language), max_frames or self.frame_cap(text)
-        )
+        return self.frame_generator.frames(self.prompt(text, voice, language), self.frame_cap(text))
 
     def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
         decoder = self._decoder_for(voice)
