@@ -61,12 +61,10 @@ class StreamingDecoder:
         self._layers = list(self._transformer.layers[: config.num_hidden_layers])
         attn = self._layers[0].self_attn
         self._head_dim = attn.head_dim
-        self._kv_groups = attn.num_key_value_groups
 
-        # The decoder's own module holds the RoPE and KV-head helpers (qwen_tts is imported by now).
+        # The decoder's own module holds its RoPE helper (qwen_tts is imported by now).
         modeling = importlib.import_module(type(codec_decoder).__module__)
         self._apply_rope = modeling.apply_rotary_pos_emb
-        self._repeat_kv = modeling.repeat_kv
 
         # (ConvTranspose with kernel == stride, ConvNeXt block) per upsampling step.
         self._upsample = [(pair[0], pair[1]) for pair in codec_decoder.upsample]
@@ -214,12 +212,9 @@ class StreamingDecoder:
             value = torch.cat([self._values[index], value], dim=2)
             self._keys[index] = key[:, :, -keep:]
             self._values[index] = value[:, :, -keep:]
+            # Grouped key/value heads are attended without repeating them, as in engine/loop.py.
             out = F.scaled_dot_product_attention(
-                query,
-                self._repeat_kv(key, self._kv_groups),
-                self._repeat_kv(value, self._kv_groups),
-                attn_mask=mask,
-                scale=attn.scaling,
+                query, key, value, attn_mask=mask, scale=attn.scaling, enable_gqa=True
             )
             out = attn.o_proj(out.transpose(1, 2).reshape(1, length, -1))
             hidden = hidden + layer.self_attn_layer_scale(out)
