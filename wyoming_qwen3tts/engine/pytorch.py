@@ -21,6 +21,7 @@ from ..qwen_import import import_qwen_tts
 from ..settings import Settings
 from ..voices import DEFAULT_DESIGN_INSTRUCTION, preset_voices, read_voices_dir
 from .base import Engine, EngineError, Voice
+from .checkpoint_pages import release_checkpoint_pages
 from .decoder import StreamingDecoder
 from .loop import FrameGenerator, TalkerPrompt, capture_prompt, keep_float
 from .precision import Precision, choose_precision
@@ -76,8 +77,18 @@ def apply_precision(model: Any, precision: Precision) -> FrameGenerator:
         keep += tuple(m for stack in stacks for m in stack.modules() if isinstance(m, torch.nn.Linear))
     _cast(model, getattr(torch, precision.compute_dtype), keep=keep)
     _cast(model.speech_tokenizer.model.decoder, getattr(torch, precision.codec_dtype))
-    make_linear = KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
-    return FrameGenerator(model, make_linear)
+    release_checkpoint_pages()
+    convert = KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
+
+    def make_linear(linear: torch.nn.Linear) -> torch.nn.Module:
+        # Each converted layer's checkpoint pages go at once, so they never pile up into the peak.
+        converted = convert(linear)
+        release_checkpoint_pages()
+        return converted
+
+    generator = FrameGenerator(model, make_linear)
+    release_checkpoint_pages()
+    return generator
 
 
 def to_pcm16(waveform: np.ndarray | torch.Tensor) -> bytes:
