@@ -39,6 +39,7 @@ from .engine.base import Engine, EngineError, Voice
 from .inference import InferenceQueue
 from .languages import AUTO, to_bcp47, to_model_language
 from .text import SentenceBuffer, normalize, split_sentences
+from .text.ssml import SsmlDocument, SsmlError, parse_ssml
 
 # InferenceQueue is re-exported: the server wiring builds one and passes it to every handler.
 __all__ = ["HandlerOptions", "InferenceQueue", "Qwen3TTSEventHandler", "RequestError", "find_voice"]
@@ -58,6 +59,8 @@ NO_STREAM = "no-stream"
 STREAM_ALREADY_OPEN = "stream-already-open"
 INVALID_EVENT = "invalid-event"
 SYNTHESIS_FAILED = "synthesis-failed"
+INVALID_SSML = "invalid-ssml"
+TEXT_FORMATS = ("text", "ssml")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +99,7 @@ class _Speech:
 
     voice: Voice
     language: str
+    language_requested: bool = False  # the request named one: an SSML xml:lang does not override it
     chars: int = 0
     samples: int = 0
     audio_started: bool = False
@@ -112,6 +116,7 @@ class _Stream:
     speech: _Speech
     sentences: SentenceBuffer = field(default_factory=SentenceBuffer)
     chars: int = 0
+    ssml_parts: list[str] | None = None  # an SSML stream is read whole, at synthesize-stop
 
 
 _Job = Callable[[], Awaitable[None]]
@@ -218,7 +223,14 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
     def _start_one_shot(self, data: dict[str, Any]) -> None:
         text = _text_of(data, "synthesize")
         self._check_length(len(text))
-        speech = self._new_speech(_voice_request_of(data))
+        request = _voice_request_of(data)
+        if _text_format_of(data) == "ssml":
+            document = _read_ssml(text)
+            speech = self._new_speech(request, document.language)
+            self._queue_ssml(speech, document)
+            self._queue(partial(self._finish, speech, streamed=False))
+            return
+        speech = self._new_speech(request)
         _LOGGER.debug(
             "Synthesize %d chars, voice %s, language %s: %r",
             len(text),
@@ -234,7 +246,7 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         if self._stream is not None:
             raise RequestError("A synthesis stream is already open", STREAM_ALREADY_OPEN)
         speech = self._new_speech(_voice_request_of(data))
-        self._stream = _Stream(speech)
+        self._stream = _Stream(speech, ssml_parts=[] if _text_format_of(data) == "ssml" else None)
         _LOGGER.debug("Synthesis stream started, voice %s, language %s", speech.voice.name, speech.language)
 
     def _continue_stream(self, data: dict[str, Any]) -> None:
@@ -243,12 +255,20 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         stream.chars += len(text)
         self._check_length(stream.chars)
         _LOGGER.debug("Synthesize chunk: %r", text)
+        if stream.ssml_parts is not None:
+            stream.ssml_parts.append(text)
+            return
         for sentence in stream.sentences.feed(text):
             self._queue_sentence(stream.speech, sentence)
 
     def _stop_stream(self) -> None:
         stream = self._open_stream("synthesize-stop")
         self._stream = None
+        if stream.ssml_parts is not None:
+            document = _read_ssml("".join(stream.ssml_parts))
+            if document.language and not stream.speech.language_requested:  # known only now
+                stream.speech.language = self._resolve_language(stream.speech.voice, document.language)
+            self._queue_ssml(stream.speech, document)
         for sentence in stream.sentences.flush():
             self._queue_sentence(stream.speech, sentence)
         self._queue(partial(self._finish, stream.speech, streamed=True))
@@ -264,9 +284,14 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
 
     # -- voice, language, info ------------------------------------------------
 
-    def _new_speech(self, request: VoiceRequest) -> _Speech:
+    def _new_speech(self, request: VoiceRequest, document_language: str | None = None) -> _Speech:
         voice = self._resolve_voice(request)
-        return _Speech(voice=voice, language=self._resolve_language(voice, request.language))
+        requested = request.language or document_language
+        return _Speech(
+            voice=voice,
+            language=self._resolve_language(voice, requested),
+            language_requested=request.language is not None,
+        )
 
     def _resolve_voice(self, request: VoiceRequest) -> Voice:
         voices = self.engine.voices()
@@ -334,6 +359,20 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         if speech.text_ready_at is None:
             speech.text_ready_at = time.monotonic()
         self._queue(partial(self._speak, speech, sentence))
+
+    def _queue_ssml(self, speech: _Speech, document: SsmlDocument) -> None:
+        """Queue an SSML document's sentences, with real silence wherever it has a break."""
+        if document.ignored:
+            _LOGGER.debug("SSML elements spoken without their tags: %s", ", ".join(document.ignored))
+        for segment in document.segments(speech.language):
+            for sentence in split_sentences(segment.text):
+                self._queue_sentence(speech, sentence)
+            if segment.pause_ms:
+                self._queue(partial(self._send_silence, speech, segment.pause_ms))
+
+    async def _send_silence(self, speech: _Speech, milliseconds: int) -> None:
+        samples = self.engine.sample_rate * milliseconds // 1000
+        await self._send_audio(speech, bytes(samples * self.engine.sample_width * self.engine.channels))
 
     async def _work_through_jobs(self) -> None:
         while (job := await self._jobs.get()) is not None:
@@ -484,6 +523,22 @@ def _optional_text(data: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise RequestError(f"voice {key} must be a string", INVALID_EVENT)
     return value.strip() if value else None
+
+
+def _text_format_of(data: dict[str, Any]) -> str:
+    text_format = data.get("text_format") or "text"
+    if text_format not in TEXT_FORMATS:
+        raise RequestError(
+            f"text_format {text_format!r} is not supported; send {' or '.join(TEXT_FORMATS)}", INVALID_EVENT
+        )
+    return str(text_format)
+
+
+def _read_ssml(text: str) -> SsmlDocument:
+    try:
+        return parse_ssml(text)
+    except SsmlError as err:
+        raise RequestError(str(err), INVALID_SSML) from None
 
 
 def _text_of(data: dict[str, Any], event_type: str) -> str:

@@ -48,9 +48,9 @@ _COMMA_DECIMAL = {"de", "fr", "es", "it", "pt", "ru"}
 _NUMBER_COMMA_GROUPS = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?"
 _NUMBER_DOT_GROUPS = r"\d{1,3}(?:\.\d{3})+(?:,\d+)?(?!\d|\.\d)|\d+(?:[,.]\d+)?"
 _NUMBER_SPACE_GROUPS = r"\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?:,\d+)?(?!\d)|\d+(?:[,.]\d+)?"
-_NUMBER = {language: _NUMBER_COMMA_GROUPS for language in LANGUAGES}
-_NUMBER.update({"de": _NUMBER_DOT_GROUPS, "es": _NUMBER_DOT_GROUPS, "it": _NUMBER_DOT_GROUPS})
-_NUMBER.update({"pt": _NUMBER_DOT_GROUPS, "fr": _NUMBER_SPACE_GROUPS, "ru": _NUMBER_SPACE_GROUPS})
+NUMBER_PATTERN = {language: _NUMBER_COMMA_GROUPS for language in LANGUAGES}
+NUMBER_PATTERN.update({"de": _NUMBER_DOT_GROUPS, "es": _NUMBER_DOT_GROUPS, "it": _NUMBER_DOT_GROUPS})
+NUMBER_PATTERN.update({"pt": _NUMBER_DOT_GROUPS, "fr": _NUMBER_SPACE_GROUPS, "ru": _NUMBER_SPACE_GROUPS})
 _SIGN = r"(?P<sign>(?<![\w\d])[-−–])?"
 
 _HANGUL = re.compile(r"[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]")
@@ -106,7 +106,7 @@ def guess_language(text: str) -> str:
 # -- numbers as written -------------------------------------------------------------
 
 
-def _parse(token: str, language: str) -> tuple[int, str | None]:
+def parse_number(token: str, language: str) -> tuple[int, str | None]:
     """ "1.234,5" (de) -> (1234, "5"); "12" -> (12, None)."""
     token = re.sub(r"[ \u00a0\u202f]", "", token)
     if language in _COMMA_DECIMAL:
@@ -120,7 +120,7 @@ def _parse(token: str, language: str) -> tuple[int, str | None]:
 
 
 def _say_number(token: str, language: str) -> str:
-    whole, fraction = _parse(token, language)
+    whole, fraction = parse_number(token, language)
     if fraction is not None:
         return decimal(whole, fraction, language)
     if re.fullmatch(r"0\d+", token):  # "007", "0170": read digit by digit
@@ -159,7 +159,7 @@ def _noun(number: int, fraction: str | None, noun: Noun, language: str) -> str:
 
 def _amount_with_noun(token: str, noun: Noun, language: str) -> str:
     """ "12,5" + Kilometer -> "zwölf Komma fünf Kilometer"; "1" + hora -> "una hora"."""
-    whole, fraction = _parse(token, language)
+    whole, fraction = parse_number(token, language)
     if fraction is not None:
         number = decimal(whole, fraction, language)
     elif language == "ko" and noun[0] == "시간":
@@ -194,7 +194,7 @@ def _abbreviations(text: str, language: str) -> str:
 def _dates(text: str, language: str) -> str:
     def iso(match: re.Match[str]) -> str:
         year = match["y"] or None
-        return _date(int(match["d"]), int(match["m"]), year, language, match.string[: match.start()])
+        return spoken_date(int(match["d"]), int(match["m"]), year, language, match.string[: match.start()])
 
     text = re.sub(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b", _valid(iso), text)
     if language in ("de", "ru"):
@@ -224,7 +224,7 @@ def _dates(text: str, language: str) -> str:
         if language == "en" and match.start("d") < match.start("m"):  # "3 May" -> "the third of May"
             words = f"the {ordinal(int(match['d']), 'en')} of {name}"
             return f"{words}, {_year(match['y'], 'en')}" if match["y"] else words
-        return _date(int(match["d"]), month, match["y"], language, before, name)
+        return spoken_date(int(match["d"]), month, match["y"], language, before, name)
 
     patterns = {
         "en": [
@@ -274,7 +274,7 @@ def ordinal_year(number: int, language: str) -> str:
     return str(num2words(number, lang=language, to="year")).replace(",", "")
 
 
-def _date(day: int, month: int, year: str | None, language: str, before: str, written: str = "") -> str:
+def spoken_date(day: int, month: int, year: str | None, language: str, before: str, written: str = "") -> str:
     months = MONTH_NAMES.get(language)
     name = written or (months[month - 1] if months else "")
     if language == "en":
@@ -405,17 +405,17 @@ def _phones(text: str, language: str) -> str:
     def say(match: re.Match[str]) -> str:
         written = match.group(0)
         groups = re.findall(r"\d+", written)
-        spoken = [_phone_group(group, language) for group in groups]
+        spoken = [spoken_phone_group(group, language) for group in groups]
         separator = {"zh": "，", "ja": "、"}.get(language, ", ")
         prefix = (PLUS[language] + ("" if language in UNSPACED else " ")) if written.startswith("+") else ""
         return prefix + separator.join(spoken)
 
     text = _PHONE.sub(say, text)
     # Ten or more digits in a row are an identifier or a phone number, never an amount.
-    return re.sub(r"(?<![\d.,])\d{10,}(?![\d.,])", lambda m: _phone_group(m.group(0), language), text)
+    return re.sub(r"(?<![\d.,])\d{10,}(?![\d.,])", lambda m: spoken_phone_group(m.group(0), language), text)
 
 
-def _phone_group(group: str, language: str) -> str:
+def spoken_phone_group(group: str, language: str) -> str:
     if language == "fr" and len(group) == 2 and group[0] != "0":
         return cardinal(int(group), "fr")  # French reads phone numbers in pairs: 45 -> quarante-cinq
     if language == "zh":
@@ -438,7 +438,7 @@ def _ranges(text: str, language: str) -> str:
         text = re.sub(r"(?<![\w&])#\s?(?=\d)", _NUMBER_SIGN_WORD[language] + " ", text)
     if language not in _RANGE_WORD:
         return text
-    number = _NUMBER[language]
+    number = NUMBER_PATTERN[language]
     word = _RANGE_WORD[language]
     spaced = "" if language in UNSPACED else " "
     letters = r"A-Za-z\u00c0-\u024f\u0400-\u04ff"
@@ -450,7 +450,7 @@ def _ranges(text: str, language: str) -> str:
 
 
 def _money(text: str, language: str) -> str:
-    number = _NUMBER[language]
+    number = NUMBER_PATTERN[language]
     symbols = dict(CURRENCY_SYMBOLS, **(CURRENCY_SYMBOL_ZH if language == "zh" else {}))
     symbol_pattern = "|".join(re.escape(symbol) for symbol in sorted(symbols, key=len, reverse=True))
     words = CURRENCY_WORDS.get(language, {})
@@ -477,7 +477,7 @@ def _sign(match: re.Match[str], language: str) -> str:
 
 
 def _say_money(token: str, code: str, language: str) -> str:
-    whole, fraction = _parse(token, language)
+    whole, fraction = parse_number(token, language)
     main, sub = CURRENCIES[language][code]
     if language == "zh":
         number = decimal(whole, fraction.rstrip("0"), "zh") if fraction and fraction.strip("0") else None
@@ -508,13 +508,13 @@ def _percentages(text: str, language: str) -> str:
         sign = _sign(match, language)
         if language == "zh":
             return "百分之" + sign + _say_number(match["num"], "zh")
-        whole, fraction = _parse(match["num"], language)
+        whole, fraction = parse_number(match["num"], language)
         noun = PERCENT[language]
         number = _say_number(match["num"], language)
         joiner = "" if language in UNSPACED else " "
         return f"{sign}{number}{joiner}{_noun(whole, fraction, noun, language)}"
 
-    return re.sub(rf"{_SIGN}(?P<num>{_NUMBER[language]})\s?[%％]", say, text)
+    return re.sub(rf"{_SIGN}(?P<num>{NUMBER_PATTERN[language]})\s?[%％]", say, text)
 
 
 def _temperatures(text: str, language: str) -> str:
@@ -528,7 +528,9 @@ def _temperatures(text: str, language: str) -> str:
             words = f"{MINUS[language]} {words}"
         return f"{words} {SCALES[language][scale]}" if scale else words
 
-    pattern = rf"{_SIGN}(?P<num>{_NUMBER[language]})\s?(?:°\s?(?P<scale>[CcFf])?|(?P<celsius>℃))(?![A-Za-z])"
+    pattern = (
+        rf"{_SIGN}(?P<num>{NUMBER_PATTERN[language]})\s?(?:°\s?(?P<scale>[CcFf])?|(?P<celsius>℃))(?![A-Za-z])"
+    )
     return re.sub(pattern, say, text)
 
 
@@ -554,7 +556,7 @@ def _units(text: str, language: str) -> str:
             words = SPEED_PREFIX[language] + ("" if language in UNSPACED else " ") + words
         return _sign(match, language) + words
 
-    return re.sub(rf"{_SIGN}(?P<num>{_NUMBER[language]})\s?(?P<unit>{names})(?![\w/²³])", say, text)
+    return re.sub(rf"{_SIGN}(?P<num>{NUMBER_PATTERN[language]})\s?(?P<unit>{names})(?![\w/²³])", say, text)
 
 
 _ARTICLE_DATIVE = r"dem|den|des|am|zum|im|vom|beim|zur|einem|einen|eines|ihrem|seinem"
@@ -699,7 +701,7 @@ def _numbers(text: str, language: str) -> str:
         noun_start = match["noun"] or ""
         return words + (noun_start.lstrip() if words.endswith("'") else noun_start)  # un'ora
 
-    return re.sub(rf"{_SIGN}(?P<num>{_NUMBER[language]})(?P<noun>\s[^\W\d_])?", say, text)
+    return re.sub(rf"{_SIGN}(?P<num>{NUMBER_PATTERN[language]})(?P<noun>\s[^\W\d_])?", say, text)
 
 
 _ALPHABETIC = re.compile(r"[A-Za-z\u00c0-\u024f\u0400-\u04ff]")

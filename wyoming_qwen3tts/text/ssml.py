@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from ..languages import AUTO
 
 # The normaliser's own readers of dates, phone digit groups and written numbers, so both read alike.
-from .normalize import _NUMBER, _date, _parse, _phone_group, normalize, resolve_language
+from .normalize import (
+    NUMBER_PATTERN,
+    normalize,
+    parse_number,
+    resolve_language,
+    spoken_date,
+    spoken_phone_group,
+)
 from .numbers import UNSPACED, cardinal, decimal, digits, ordinal
 from .words import PLUS
 
@@ -274,7 +281,7 @@ def _telephone(text: str, language: str) -> str | None:
     if not groups:
         return None
     separator = {"zh": "，", "ja": "、"}.get(language, ", ")
-    spoken = [_phone_group(group, language) for group in groups]
+    spoken = [spoken_phone_group(group, language) for group in groups]
     if text.startswith("+") and language in PLUS:
         spoken.insert(0, PLUS[language])
     return separator.join(spoken)
@@ -282,10 +289,10 @@ def _telephone(text: str, language: str) -> str | None:
 
 def _cardinal(text: str, language: str) -> str | None:
     """ "1,234" (en), "1.234" (de), "-3,5" (de), "0170" -> the number as an amount, never digit by digit."""
-    match = re.fullmatch(rf"([-−]?)({_NUMBER[language]})", text)
+    match = re.fullmatch(rf"([-−]?)({NUMBER_PATTERN[language]})", text)
     if match is None:
         return None
-    whole, fraction = _parse(match.group(2), language)
+    whole, fraction = parse_number(match.group(2), language)
     if fraction is None:
         return cardinal(-whole if match.group(1) else whole, language)
     return None if match.group(1) else decimal(whole, fraction, language)  # "-3,5": the normaliser's
@@ -316,4 +323,4 @@ def _say_date(text: str, format: str, language: str) -> str | None:
     day, month = int(fields["d"]), int(fields["m"])
     if not (1 <= day <= 31 and 1 <= month <= 12):
         return None
-    return _date(day, month, fields.get("y"), language, before="")
+    return spoken_date(day, month, fields.get("y"), language, before="")
