@@ -48,14 +48,13 @@ def test_greedy_streamed_audio_equals_qwen_tts_generate(tiny_models):
     assert np.abs(got - expected)[around].max() <= 2
 
 
-def test_clone_voice_reference_codes_are_decoded_once(tiny_models, voices_dir):
-    engine = PyTorchEngine(
-        tiny_models["base"], Settings(voices_dir=voices_dir, greedy=True, max_frames=6, quantize="none")
-    )
+def test_clone_voice_reference_codes_are_decoded_once(tiny_models, voices_dir, tmp_path):
+    settings = Settings(voices_dir=voices_dir, data_dir=tmp_path, greedy=True, max_frames=6, quantize="none")
+    engine = PyTorchEngine(tiny_models["base"], settings)
     anna = next(v for v in engine.voices() if v.name == "anna")
-    primed = engine._primed_decoders["anna"]
+    primed = anna.clone_prompt.primed
     frames_before = primed.frames
     first = b"".join(engine.synthesize("Hi.", anna, "english"))
     second = b"".join(engine.synthesize("Hi.", anna, "english"))
     assert first == second and len(first) == 6 * 1920 * 2
-    assert primed.frames == frames_before == anna.clone_prompt.ref_code.shape[0]
+    assert primed.frames == frames_before == anna.clone_prompt.item.ref_code.shape[0]

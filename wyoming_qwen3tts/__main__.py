@@ -89,6 +89,9 @@ async def serve_engine(settings: Settings, engine: Engine, inference: InferenceQ
     server = AsyncServer.from_uri(settings.uri)
     serving = asyncio.create_task(server.run(partial(Qwen3TTSEventHandler, engine, options, inference)))
     advertisement = None
+    watching = None
+    if settings.voices_dir is not None and settings.voices_reload_interval > 0:
+        watching = asyncio.create_task(watch_voices(engine, inference, settings.voices_reload_interval))
     try:
         # Advertise only once the socket accepts connections: a client acts on discovery at once.
         await wait_until_listening(server, serving)
@@ -98,8 +101,26 @@ async def serve_engine(settings: Settings, engine: Engine, inference: InferenceQ
         await serving
     finally:
         serving.cancel()
+        if watching is not None:
+            watching.cancel()
         if advertisement is not None:
             await advertisement.close()
+
+
+async def watch_voices(engine: Engine, inference: InferenceQueue, interval: float) -> None:
+    """Look for changes in the voices directory every interval seconds, until cancelled.
+
+    The look runs on the inference thread, between synthesis steps: a new clone
+    prompt runs the model, and all torch work stays on that one thread.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await inference.run(engine.reload_voices)
+        except Exception:
+            if inference.closed:  # shutting down
+                return
+            _LOGGER.exception("Reloading the voices failed; the voices stay as they were")
 
 
 async def wait_until_listening(server: AsyncServer, serving: asyncio.Task, timeout: float = 10.0) -> None:

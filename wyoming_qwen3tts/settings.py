@@ -55,6 +55,7 @@ class Settings:
     zeroconf: str | None = None
     zeroconf_host: str | None = None
     voices_dir: Path | None = None
+    voices_reload_interval: float = 5.0  # seconds between looks at --voices-dir; 0: never
     samples_per_chunk: int = 1024
     max_text_chars: int = 5000
     ov_device: str = "CPU"
@@ -75,6 +76,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError("must be 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):  # also refuses nan
+        raise ValueError("must be a number of seconds, 0 or more")
     return value
 
 
@@ -121,6 +129,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "zeroconf": (("QWEN3TTS_ZEROCONF",), str),
     "zeroconf_host": (("QWEN3TTS_ZEROCONF_HOST",), str),
     "voices_dir": (("QWEN3TTS_VOICES_DIR",), _optional_path),
+    "voices_reload_interval": (("QWEN3TTS_VOICES_RELOAD_INTERVAL",), _seconds),
     "samples_per_chunk": (("QWEN3TTS_SAMPLES_PER_CHUNK",), _positive_int),
     "max_text_chars": (("QWEN3TTS_MAX_TEXT_CHARS",), _positive_int),
     "ov_device": (("QWEN3TTS_OV_DEVICE", "OV_DEVICE"), str),
@@ -191,7 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("zeroconf", "advertise over zeroconf (mDNS) under this name", nargs="?", const=DEFAULT_ZEROCONF_NAME)
     add("zeroconf_host", "address to advertise (default: this host's own address)")
-    add("voices_dir", "directory of voices: NAME.wav + NAME.txt (clone), NAME.json (options)")
+    add("voices_dir", "directory of voices: voices.json, or NAME.wav + NAME.txt (clone), NAME.json (options)")
+    add(
+        "voices_reload_interval",
+        "seconds between looks for changes in --voices-dir (a stat of each file); 0 = never",
+        type=_seconds,
+    )
     add("samples_per_chunk", "samples per audio-chunk event", type=_positive_int)
     add("max_text_chars", "longest text accepted per request", type=_positive_int)
     add("ov_device", "OpenVINO device (openvino backend)")

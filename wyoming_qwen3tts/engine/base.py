@@ -64,6 +64,15 @@ class Engine(ABC):
     def voices(self) -> Sequence[Voice]:
         """The voices a client may ask for, default first."""
 
+    def reload_voices(self) -> bool:
+        """Pick up changes to the voices directory; True if the voices were rebuilt.
+
+        Blocking, and it may run the model (a new clone prompt): callers run it
+        where synthesis runs, on the inference thread. An engine without a voices
+        directory has nothing to reload.
+        """
+        return False
+
     @abstractmethod
     def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
         """Yield 16-bit PCM chunks for text as soon as each exists.

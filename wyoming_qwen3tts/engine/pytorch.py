@@ -7,19 +7,30 @@ into 16-bit PCM.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import librosa
 import numpy as np
 import torch
 
 from ..cpu import usable_cores
 from ..qwen_import import import_qwen_tts
 from ..settings import Settings
-from ..voices import DEFAULT_DESIGN_INSTRUCTION, preset_voices, read_voices_dir
+from ..voices import (
+    ClonePromptCache,
+    ModelVoices,
+    StoredPrompt,
+    VoiceCatalog,
+    VoiceEntry,
+    model_fingerprint,
+    prompt_key,
+)
 from .base import Engine, EngineError, Voice
 from .checkpoint_pages import release_checkpoint_pages
 from .decoder import StreamingDecoder
@@ -91,6 +102,25 @@ def apply_precision(model: Any, precision: Precision) -> FrameGenerator:
     return generator
 
 
+@dataclass(frozen=True)
+class ClonePrompt:
+    """What a cloned voice speaks with: qwen-tts's prompt item, and the codec state after its reference.
+
+    A request keeps its Voice, and so this, even when the voices directory
+    changes while it speaks.
+    """
+
+    key: str  # the clone prompt cache key: content of the audio, transcript, mode, model
+    item: Any  # qwen_tts.VoiceClonePromptItem
+    primed: StreamingDecoder | None  # in-context mode: a decoder that has heard the reference codes
+
+
+def follows_instructions(model: Any) -> bool:
+    """False where qwen-tts's generate_custom_voice drops instruct: `tts_model_size in "0b6"` (0.6B)."""
+    size = model.tts_model_size
+    return not (isinstance(size, str) and size in "0b6")
+
+
 def to_pcm16(waveform: np.ndarray | torch.Tensor) -> bytes:
     """Float audio in [-1, 1] to little-endian 16-bit PCM bytes."""
     clipped = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
@@ -127,18 +157,20 @@ class PyTorchEngine(Engine):
         self._codec = model.speech_tokenizer.model.decoder
         # Built once: its per-module tables (polyphase weights) are shared by every copy().
         self._fresh_decoder = StreamingDecoder(self._codec)
-        self._primed_decoders: dict[str, StreamingDecoder] = {}
-        self._voices = self._build_voices(settings.voices_dir)
-        if not self._voices:
+        self._clone_prompts: dict[str, ClonePrompt] = {}  # by cache key: voices with the same audio share one
+        self._prompt_cache = ClonePromptCache(settings.data_dir / "voice-cache")
+        self._fingerprint: str | None = None  # of the encoders that make clone prompts, once one is needed
+        self._catalog = self._load_voices(settings)
+        if not self._catalog.voices():
             raise EngineError(
                 f"the {self._kind} model at {model_dir} has no voices: a Base model clones the voices in "
-                "--voices-dir (NAME.wav + NAME.txt); add at least one",
+                "--voices-dir (NAME.wav + NAME.txt, or voices.json); add at least one",
                 "no-voices",
             )
 
     def _decoder_for(self, voice: Voice) -> StreamingDecoder:
         """A decoder for one utterance; a cloned voice's starts from its decoded reference codes."""
-        primed = self._primed_decoders.get(voice.name)
+        primed = voice.clone_prompt.primed if isinstance(voice.clone_prompt, ClonePrompt) else None
         return (primed or self._fresh_decoder).copy()
 
     @property
@@ -149,56 +181,81 @@ class PyTorchEngine(Engine):
         return self._languages
 
     def voices(self) -> Sequence[Voice]:
-        return self._voices
+        return self._catalog.voices()
 
-    def _build_voices(self, voices_dir: Path | None) -> list[Voice]:
+    def reload_voices(self) -> bool:
+        """Rebuild the voices if a file of --voices-dir changed (a stat per file when nothing did)."""
+        if not self._catalog.reload():
+            return False
+        in_use = {
+            v.clone_prompt.key for v in self._catalog.voices() if isinstance(v.clone_prompt, ClonePrompt)
+        }
+        self._clone_prompts = {key: p for key, p in self._clone_prompts.items() if key in in_use}
+        return True
+
+    def _load_voices(self, settings: Settings) -> VoiceCatalog:
         model = self._tts.model
-        entries = read_voices_dir(voices_dir, self._languages) if voices_dir else []
-        if self._kind == "custom_voice":
-            dialects = dict(model.config.talker_config.spk_is_dialect or {})
-            return preset_voices(list(model.get_supported_speakers()), dialects)
-        if self._kind == "voice_design":
-            designs = [
-                Voice(e.name, "design", e.description or e.instruct, e.languages, instruct=e.instruct)
-                for e in entries
-                if e.instruct
+        custom = self._kind == "custom_voice"
+        capabilities = ModelVoices(
+            kind=self._kind,
+            languages=tuple(self._languages),
+            speakers=tuple(model.get_supported_speakers() or ()) if custom else (),
+            dialects=dict(model.config.talker_config.spk_is_dialect or {}) if custom else {},
+            follows_instructions=follows_instructions(model),
+        )
+        catalog = VoiceCatalog(capabilities, settings.voices_dir, self._clone_prompt)
+        catalog.load()
+        return catalog
+
+    def _clone_prompt(self, entry: VoiceEntry) -> ClonePrompt:
+        """The prompt of a cloned voice: from memory, else from the disk cache, else built by the model."""
+        assert entry.audio is not None
+        audio = entry.audio.read_bytes()
+        if self._fingerprint is None:
+            model = self._tts.model
+            encoders = [
+                ("speaker_encoder", model.speaker_encoder),
+                ("codec_encoder", model.speech_tokenizer.model.encoder),
             ]
-            return designs or [
-                Voice("default", "design", DEFAULT_DESIGN_INSTRUCTION, instruct=DEFAULT_DESIGN_INSTRUCTION)
-            ]
-        clones = []
-        for entry in entries:
-            if entry.audio is None:
-                continue
-            started = time.monotonic()
-            try:
-                prompt = self._tts.create_voice_clone_prompt(
-                    ref_audio=str(entry.audio),
-                    ref_text=entry.transcript,
-                    x_vector_only_mode=entry.transcript is None,
-                )[0]
-            except Exception as err:
-                raise EngineError(
-                    f"voice {entry.name}: cannot read {entry.audio}: {err}", "bad-voice"
-                ) from err
-            if prompt.ref_code is not None:
-                # In-context cloning continues the reference audio: the codec must hear it first.
-                # Decode it once here and start every request from that state.
-                primed = self._fresh_decoder.copy()
-                primed.decode(prompt.ref_code)
-                self._primed_decoders[entry.name] = primed
-            mode = "reference audio + transcript" if entry.transcript else "reference audio only"
-            clones.append(
-                Voice(
-                    entry.name,
-                    "clone",
-                    entry.description or f"{entry.name} (cloned from {mode})",
-                    entry.languages,
-                    clone_prompt=prompt,
-                )
+            self._fingerprint = model_fingerprint(encoders)
+        key = prompt_key(audio, entry.transcript, self._fingerprint)
+        known = self._clone_prompts.get(key)
+        if known is not None:
+            return known
+        started = time.monotonic()
+        qwen_tts = import_qwen_tts()
+        stored = self._prompt_cache.load(key)
+        if stored is not None:
+            item = qwen_tts.VoiceClonePromptItem(
+                ref_code=stored.ref_code,
+                ref_spk_embedding=stored.ref_spk_embedding,
+                x_vector_only_mode=stored.ref_code is None,
+                icl_mode=stored.ref_code is not None,
+                ref_text=stored.ref_text,
             )
-            _LOGGER.info("Voice %s: clone prompt built in %.2f s", entry.name, time.monotonic() - started)
-        return clones
+            source = "read from the cache"
+        else:
+            # Decoded from the bytes the key was made of, the way qwen-tts reads a file (librosa, own rate).
+            waveform, rate = librosa.load(io.BytesIO(audio), sr=None, mono=True)
+            item = self._tts.create_voice_clone_prompt(
+                ref_audio=(waveform, int(rate)),
+                ref_text=entry.transcript,
+                x_vector_only_mode=entry.transcript is None,
+            )[0]
+            self._prompt_cache.save(
+                key, StoredPrompt(item.ref_spk_embedding, item.ref_code, item.ref_text), entry.name
+            )
+            source = "built"
+        primed = None
+        if item.ref_code is not None:
+            # In-context cloning continues the reference audio: the codec must hear it first.
+            # Decode it once here and start every request from that state.
+            primed = self._fresh_decoder.copy()
+            primed.decode(item.ref_code)
+        prompt = ClonePrompt(key, item, primed)
+        self._clone_prompts[key] = prompt
+        _LOGGER.info("Voice %s: clone prompt %s in %.2f s", entry.name, source, time.monotonic() - started)
+        return prompt
 
     def frame_cap(self, text: str) -> int:
         """Most frames one sentence may produce: --max-frames, else derived from its length."""
@@ -223,7 +280,7 @@ class PyTorchEngine(Engine):
             )
         if voice.kind == "clone":
             return lambda: tts.generate_voice_clone(
-                text=text, language=language, voice_clone_prompt=[voice.clone_prompt], **kwargs
+                text=text, language=language, voice_clone_prompt=[voice.clone_prompt.item], **kwargs
             )
         if voice.kind == "design":
             return lambda: tts.generate_voice_design(
