@@ -28,6 +28,7 @@ from ..voices import (
     StoredPrompt,
     VoiceCatalog,
     VoiceEntry,
+    VoiceError,
     model_fingerprint,
     prompt_key,
 )
@@ -236,7 +237,13 @@ class PyTorchEngine(Engine):
             source = "read from the cache"
         else:
             # Decoded from the bytes the key was made of, the way qwen-tts reads a file (librosa, own rate).
-            waveform, rate = librosa.load(io.BytesIO(audio), sr=None, mono=True)
+            try:
+                waveform, rate = librosa.load(io.BytesIO(audio), sr=None, mono=True)
+            except Exception as err:  # soundfile and audioread raise their own kinds
+                reason = getattr(err, "error_string", None) or err
+                raise VoiceError(
+                    entry.audio, entry.name, f"cannot be read as audio ({reason}); use wav, flac, ogg or mp3"
+                ) from None
             item = self._tts.create_voice_clone_prompt(
                 ref_audio=(waveform, int(rate)),
                 ref_text=entry.transcript,
