@@ -270,6 +270,10 @@ def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
 
 def ensure_model(model_dir: Path) -> Path:
     if (model_dir / "config.json").is_file():
+        if model_dir == DEFAULT_MODEL_DIR:  # ours: keep its tokenizer as the builder now writes it
+            from .model_builder import reference_spec, write_text_tokenizer
+
+            write_text_tokenizer(model_dir, reference_spec("custom_voice", "real-0.6b").tokenizer)
         return model_dir
     from .tiny_model import build_model
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,16 @@ from typing import Any
 
 KINDS = ("custom_voice", "base", "voice_design")
 
+# Real-size models get merges for these words, so they spell ordinary English about a token per word as
+# the real tokenizer (whose merges.txt is not public) does: a prompt then has about its real length, and
+# with it the prefill time a benchmark measures before first audio (byte by byte, the benchmark sentence
+# made a prompt of 121 tokens instead of 37).
+ENGLISH_SAMPLE = (
+    "The weather in the kitchen is sunny today, with a gentle breeze from the west and a high of twenty "
+    "one degrees. Hello, hi, good morning, good evening and good night. It is time to turn on the lights "
+    "in the living room, the bedroom and the hall; the door is locked and the oven is off. Your timer "
+    "for ten minutes has finished. Tomorrow it will rain in the afternoon, so take an umbrella."
+)
 REFERENCE_DIR_ENV = "QWEN3TTS_REFERENCE_CONFIGS"
 DEFAULT_REFERENCE_DIR = Path("/work/shared/reference/qwen3-tts-configs")
 
@@ -218,6 +229,18 @@ def to_byte_level(text: str) -> str:
     return "".join(table[b] for b in text.encode("utf-8"))
 
 
+def english_words(text: str) -> list[str]:
+    """text's words as the byte-level pre-tokenizer cuts them (" weather" -> "Ġweather"), each once.
+
+    Capitalised words also come bare, as they start a text; after every spaced word, so that their
+    merges rank below the spaced words' and cut fewer of those apart ("t h" before "Ġwi t").
+    """
+    words = re.findall(r"[A-Za-z]+", text)
+    spaced = [to_byte_level(" " + word) for word in words]
+    bare = [to_byte_level(word) for word in words if word[0].isupper()]
+    return list(dict.fromkeys(spaced + bare))
+
+
 def merges_for_words(words: Iterable[str], vocab: Mapping[str, int]) -> list[tuple[str, str]]:
     """Merges that make each byte-level word a single token, using only tokens vocab has.
 
@@ -330,6 +353,7 @@ def reference_spec(kind: str, size: str = "real-0.6b", directory: Path | None = 
     vocab = load("vocab.json")
     tokenizer_config = load("tokenizer_config.json")
     words = [to_byte_level(w) for w in ("assistant", "user", "system")]
+    words += [w for w in english_words(ENGLISH_SAMPLE) if w in vocab]
     merges = merges_for_words(words, vocab)
     return ModelSpec(
         config=config,
@@ -430,6 +454,16 @@ def _clean_config(spec: ModelSpec) -> dict[str, Any]:
     return config
 
 
+def write_text_tokenizer(out: Path, tokenizer: TextTokenizerSpec) -> None:
+    """tokenizer_config.json, vocab.json and merges.txt (also to refresh the tokenizer of a built model)."""
+    _write_json(out / "tokenizer_config.json", tokenizer.tokenizer_config)
+    with open(out / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump(tokenizer.vocab, f, ensure_ascii=False, separators=(",", ":"))
+    with open(out / "merges.txt", "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        f.writelines(f"{a} {b}\n" for a, b in tokenizer.merges)
+
+
 def write_model_dir(out_dir: Path | str, spec: ModelSpec, seed: int = 0, check: bool = True) -> Path:
     """Write spec with seeded random weights as a loadable model directory; return its path.
 
@@ -483,12 +517,7 @@ def write_model_dir(out_dir: Path | str, spec: ModelSpec, seed: int = 0, check: 
     _write_json(speech_dir / "config.json", speech_config)
     _write_json(speech_dir / "preprocessor_config.json", SPEECH_TOKENIZER_PREPROCESSOR_CONFIG)
     _write_json(speech_dir / "configuration.json", SPEECH_TOKENIZER_MODELSCOPE_CONFIGURATION)
-    _write_json(out / "tokenizer_config.json", spec.tokenizer.tokenizer_config)
-    with open(out / "vocab.json", "w", encoding="utf-8") as f:
-        json.dump(spec.tokenizer.vocab, f, ensure_ascii=False, separators=(",", ":"))
-    with open(out / "merges.txt", "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        f.writelines(f"{a} {b}\n" for a, b in spec.tokenizer.merges)
+    write_text_tokenizer(out, spec.tokenizer)
     for name, content in spec.extra_files.items():
         _write_json(out / name, content)
 
