@@ -197,8 +197,9 @@ def test_garbage_on_the_socket_closes_only_that_connection(custom_voice_server):
     assert asyncio.run(describe(custom_voice_server.uri)).tts
 
 
-def test_clone_voices_from_the_voices_directory(tiny_models, voices_dir):
+def test_clone_voices_from_the_voices_directory(tiny_models, voices_dir, tmp_path):
     args = ["--model", str(tiny_models["base"]), "--voices-dir", str(voices_dir), "--greedy", "--no-warmup"]
+    args += ["--data-dir", str(tmp_path)]  # its clone prompt cache
     with running_server(args) as server:
         info = asyncio.run(describe(server.uri))
         voices = {v.name: v for v in info.tts[0].voices}
