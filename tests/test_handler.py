@@ -613,3 +613,40 @@ async def test_inference_queue_refuses_work_once_closed() -> None:
     assert queue.closed
     with pytest.raises(RuntimeError):
         await queue.run(lambda: None)
+
+
+async def test_inference_queue_computes_the_next_step_while_an_item_is_sent() -> None:
+    second_step_ran = threading.Event()
+    steps_run: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for number in range(3):
+            steps_run.append(number)
+            if number == 1:
+                second_step_ran.set()
+            yield number
+
+    queue = InferenceQueue()
+    try:
+        async with aclosing(queue.iterate(numbers)) as items:
+            assert await anext(items) == 0
+            # The consumer still holds item 0 (as when it writes audio): the worker is not idle meanwhile.
+            assert await asyncio.to_thread(second_step_ran.wait, READ_TIMEOUT)
+            assert [item async for item in items] == [1, 2]
+        assert steps_run == [0, 1, 2]
+    finally:
+        await queue.aclose()
+
+
+async def test_inference_queue_drops_the_error_of_a_step_computed_for_a_consumer_that_left() -> None:
+    def failing() -> Iterator[int]:
+        yield 0
+        raise RuntimeError("step computed ahead fails")
+
+    queue = InferenceQueue()
+    try:
+        async with aclosing(queue.iterate(failing)) as items:
+            assert await anext(items) == 0
+        assert await queue.run(lambda: "still serving") == "still serving"
+    finally:
+        await queue.aclose()

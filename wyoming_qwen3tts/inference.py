@@ -4,9 +4,9 @@ PyTorch on a few CPU cores gains nothing from synthesizing two texts in
 parallel, and engine calls block, so they must stay off the event loop
 (which keeps answering describe and reading sockets meanwhile). Jobs run
 one at a time in the order they were submitted. Each step of an engine
-generator is its own job and a connection submits its next step only after
-the previous one returned, so several connections' syntheses interleave
-chunk by chunk instead of one waiting for another's whole text.
+generator is its own job, and a connection has at most one step queued at a
+time, so several connections' syntheses interleave chunk by chunk instead of
+one waiting for another's whole text.
 """
 
 from __future__ import annotations
@@ -54,18 +54,22 @@ class InferenceQueue:
     async def iterate(self, func: Callable[..., Iterator[T]], *args: Any) -> AsyncGenerator[T, None]:
         """Call func(*args) on the worker thread and yield its items, each next() one job.
 
-        Use it inside contextlib.aclosing(): when the consumer stops early or
-        is cancelled, the generator is closed on the worker thread, after any
-        step of it still running there.
+        The next step is queued before an item is handed out, so the worker
+        computes it while the event loop sends this one instead of waiting
+        for the consumer to ask (a queued step still waits its turn behind
+        other connections' steps). Use it inside contextlib.aclosing(): when
+        the consumer stops early or is cancelled, the generator is closed on
+        the worker thread, after any step of it still queued or running there.
         """
         items = await self.run(func, *args)
+        step = asyncio.ensure_future(self.run(next, items, _EXHAUSTED))
         try:
-            while True:
-                item = await self.run(next, items, _EXHAUSTED)
-                if item is _EXHAUSTED:
-                    return
+            while (item := await step) is not _EXHAUSTED:
+                step = asyncio.ensure_future(self.run(next, items, _EXHAUSTED))
                 yield item
         finally:
+            # A step computed ahead for a consumer that left is dropped, its error included.
+            step.add_done_callback(lambda done: done.cancelled() or done.exception())
             self._close_later(items)
 
     def close(self, wait: bool = True) -> None:
