@@ -26,8 +26,9 @@ SERVER_ARGS = ["--greedy", "--no-warmup", "--max-frames", "3"]
 TEXT = "Hello there."
 
 
-def speak(uri: str, name: str | None, language: str | None = None) -> np.ndarray:
-    voice = {key: value for key, value in (("name", name), ("language", language)) if value}
+def speak(uri: str, name: str | None, language: str | None = None, speaker: str | None = None) -> np.ndarray:
+    pairs = (("name", name), ("language", language), ("speaker", speaker))
+    voice = {key: value for key, value in pairs if value}
     event = Event(type="synthesize", data={"text": TEXT, "voice": voice})
     events = asyncio.run(send(uri, event, until=is_audio_stop))
     assert events[-1].type == "audio-stop", [e.type for e in events]
@@ -128,6 +129,16 @@ def test_voice_design_server_lists_and_speaks_named_instructions(tiny_models, tm
         assert listed["narrator"].languages == ["en"] and listed["herald"].description == "The herald"
         narrator, herald = speak(server.uri, "narrator", "en"), speak(server.uri, "herald", "en")
         assert not np.array_equal(narrator, herald)
+
+
+def test_a_speaker_alone_means_the_voice_of_that_name_before_a_named_preset(custom_voice_config_server):
+    uri = custom_voice_config_server.uri  # "kitchen" (speaker ryan, German) is listed before "ryan"
+    by_speaker = speak(uri, None, speaker="ryan")
+    assert np.array_equal(by_speaker, speak(uri, "ryan"))
+    assert not np.array_equal(by_speaker, speak(uri, "kitchen"))
+    assert np.array_equal(
+        speak(uri, "kitchen", speaker="ryan"), speak(uri, "kitchen")
+    )  # Home Assistant's way
 
 
 # -- language: request, else the voice's, else --language, else auto ---------------------------------

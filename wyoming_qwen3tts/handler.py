@@ -493,15 +493,19 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
 
 
 def find_voice(voices: Sequence[Voice], name: str | None, speaker: str | None = None) -> Voice | None:
-    """The voice called name (any case), else the one whose name or speaker is speaker."""
-    if name:
-        for voice in voices:
-            if voice.name.casefold() == name.casefold():
-                return voice
+    """The voice called name (any case), else the one called speaker, else the first of that speaker.
+
+    A named preset ("kitchen", speaker ryan) is listed before the plain preset
+    ryan: a request for speaker ryan alone still means the voice called ryan.
+    """
+    for wanted in (name, speaker):
+        if wanted:
+            for voice in voices:
+                if voice.name.casefold() == wanted.casefold():
+                    return voice
     if speaker:
-        wanted = speaker.casefold()
         for voice in voices:
-            if wanted in (voice.name.casefold(), (voice.speaker or "").casefold()):
+            if (voice.speaker or "").casefold() == speaker.casefold():
                 return voice
     return None
 
