@@ -207,6 +207,20 @@ def test_a_voice_broken_by_an_edit_keeps_its_last_good_version(tmp_path):
     assert third.kept >= {"kitchen", "hall"} and third.problems[0].voice is None
 
 
+def test_a_vanished_voices_directory_keeps_every_voice_read_before(tmp_path):
+    root = tmp_path / "voices"
+    directory = VoicesDirectory(root, LANGUAGES)
+    write(root / "anna.wav", b"RIFF")
+    config(root, {"kitchen": {"speaker": "ryan"}})
+    first = directory.scan()
+    root.rename(tmp_path / "unmounted")
+    assert directory.changed()
+    second = directory.scan()
+    assert second.entries == first.entries and second.kept == {"kitchen", "anna"}
+    (problem,) = second.problems
+    assert problem.voice is None and str(root) in str(problem)
+
+
 def test_changed_notices_added_edited_and_removed_files_only(tmp_path):
     directory = VoicesDirectory(tmp_path, LANGUAGES)
     write(tmp_path / "anna.wav", b"RIFF")

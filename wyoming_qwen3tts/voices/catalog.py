@@ -117,7 +117,8 @@ class VoiceCatalog:
             if name in before
             and (after[name] != before[name] or after[name].clone_prompt is not before[name].clone_prompt)
         ]
-        _LOGGER.info(
+        _LOGGER.log(
+            logging.INFO if added or removed or changed else logging.DEBUG,
             "Voices directory changed: %s added, %s removed, %s changed; voices now: %s",
             ", ".join(added) or "none",
             ", ".join(removed) or "none",

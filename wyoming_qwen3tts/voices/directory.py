@@ -78,8 +78,15 @@ class VoicesDirectory:
         """Read every voice: voices.json's in file order, then the per-file voices by name."""
         self._signature = self.signature()  # taken first: a change while reading shows up next time
         scan = VoiceScan()
+        try:
+            files = [p for p in self.path.iterdir() if p.name != CONFIG_NAME and p.is_file()]
+        except OSError as err:  # gone, or unreadable (an unmounted share): keep every voice read before
+            scan.problems.append(VoiceError(self.path, None, f"cannot be read ({err.strerror or err})"))
+            scan.entries = list(self._last_good.values())
+            scan.kept = set(self._last_good)
+            return scan
         configured = self._read_config(scan)
-        self._read_voice_files(scan, configured)
+        self._read_voice_files(scan, files, configured)
         self._last_good = {entry.name: entry for entry in scan.entries}
         return scan
 
@@ -108,12 +115,7 @@ class VoicesDirectory:
         self._last_config = entries
         return entries
 
-    def _read_voice_files(self, scan: VoiceScan, configured: list[VoiceEntry]) -> None:
-        try:
-            files = [p for p in self.path.iterdir() if p.name != CONFIG_NAME and p.is_file()]
-        except OSError as err:
-            scan.problems.append(VoiceError(self.path, None, f"cannot be read ({err.strerror or err})"))
-            return
+    def _read_voice_files(self, scan: VoiceScan, files: list[Path], configured: list[VoiceEntry]) -> None:
         names = sorted({p.stem for p in files if p.suffix in (*AUDIO_SUFFIXES, ".json")})
         used_audio = {entry.audio for entry in configured if entry.audio is not None}
         configured_names = {entry.name.casefold() for entry in configured}
