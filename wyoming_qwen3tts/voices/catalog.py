@@ -169,10 +169,9 @@ class VoiceCatalog:
                 entry.source,
             )
             return False
+        # A per-file voice may hold audio and an instruct: a VoiceDesign model speaks the instruct.
         if self.model.kind == "voice_design" and entry.instruct and not entry.speaker:
-            return (
-                True  # a per-file voice may hold audio and an instruct: a VoiceDesign model speaks the latter
-            )
+            return True
         wanted, what = ENTRY_KINDS[entry.kind]
         if wanted == self.model.kind:
             return True
@@ -198,7 +197,7 @@ class VoiceCatalog:
             prompt = self._clone(entry)
         except VoiceError:
             raise
-        except Exception as err:
+        except Exception as err:  # whatever qwen-tts, librosa or soundfile raise for audio they cannot use
             raise VoiceError(
                 entry.audio or entry.source,
                 entry.name,
