@@ -30,9 +30,46 @@ def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (respects taskset and container CPU sets)."""
+def usable_cpus() -> set[int]:
+    """Logical CPUs this process may run on (respects taskset and container CPU sets)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def default_threads(cpus: set[int] | None = None, sysfs: Path = Path("/sys/devices")) -> int:
+    """Torch threads for --threads 0: one per physical core we may use, on performance cores only.
+
+    The one-token matrix products are bound by memory bandwidth, which a second hyper-thread on a
+    core does not add to; and OpenMP splits work evenly, so on a hybrid CPU (i5-1240P: 4 P-cores
+    with 2 threads each, 8 E-cores) every step would wait for the slower E-cores. Where the kernel
+    does not say (no sysfs topology), every usable logical CPU counts.
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    performance = _cpu_list(sysfs / "cpu_core" / "cpus")  # Intel hybrid: the P-cores
+    if performance and cpus & performance:
+        cpus = cpus & performance
+    cores = set()
+    for cpu in cpus:
+        topology = sysfs / "system" / "cpu" / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return max(1, len(cpus))
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
+def _cpu_list(path: Path) -> set[int]:
+    """A kernel CPU list ("0-7,16") as a set; empty where the file is missing."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return set()
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus

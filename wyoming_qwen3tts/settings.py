@@ -44,7 +44,7 @@ class Settings:
     dtype: str = "auto"
     attn: str = "sdpa"
     quantize: str = "auto"
-    threads: int = 0  # 0: one per usable core
+    threads: int = 0  # 0: one per physical performance core (cpu.default_threads)
     interop_threads: int = 1
     voice: str | None = None
     language: str = "auto"
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "int8 weights for the talker and code predictor; auto = int8 where this CPU has a fast int8 kernel",
         choices=QUANTIZE,
     )
-    add("threads", "torch intra-op threads; 0 = one per usable core", type=_positive_int)
+    add("threads", "torch intra-op threads; 0 = one per physical performance core", type=_positive_int)
     add("interop_threads", "torch inter-op threads", type=_positive_int)
     add("voice", "default voice when a request names none")
     add("language", "default language when a request and its voice name none: auto, en, de, ... or english")

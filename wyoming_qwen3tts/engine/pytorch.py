@@ -19,7 +19,7 @@ import librosa
 import numpy as np
 import torch
 
-from ..cpu import usable_cores
+from ..cpu import default_threads
 from ..qwen_import import import_qwen_tts
 from ..settings import Settings
 from ..voices import (
@@ -55,7 +55,7 @@ CHUNK_SCHEDULE = (1, 3, 8)
 
 def configure_threads(settings: Settings) -> int:
     """Set torch's thread pools from the settings; return the intra-op thread count."""
-    threads = settings.threads or usable_cores()
+    threads = settings.threads or default_threads()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(max(1, settings.interop_threads))
