@@ -103,6 +103,24 @@ def test_custom_voice_model_speaks_named_presets_and_skips_other_kinds(
     assert speak(engine, "kitchen", "english") == speak(engine, "ryan", "english")  # plain ryan, as warned
 
 
+def test_a_1_7b_custom_voice_model_follows_a_preset_instruct(tiny_models, tmp_path, caplog):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["custom_voice"], model)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "tts_model_size": "1b7"}), encoding="utf-8")
+    root = tmp_path / "voices"
+    root.mkdir()
+    (root / "voices.json").write_text(
+        json.dumps({"voices": {"kitchen": EVERY_KIND["kitchen"]}}), encoding="utf-8"
+    )
+    with caplog.at_level(logging.WARNING):
+        engine = engine_for(model, root, tmp_path / "data")
+    kitchen = engine.voices()[0]
+    assert kitchen.instruct == "Very cheerful" and "ignores style instructions" not in caplog.text
+    assert kitchen.description == "Kitchen"
+    assert speak(engine, "kitchen", "english") != speak(engine, "ryan", "english")  # the instruct is spoken
+
+
 def test_custom_voice_preset_with_an_unknown_speaker_stops_start_up_with_its_fix(tiny_models, tmp_path):
     root = tmp_path / "voices"
     root.mkdir()
