@@ -33,7 +33,7 @@ from ..voices import (
     prompt_key,
 )
 from .base import Engine, EngineError, Voice
-from .checkpoint_pages import release_checkpoint_pages
+from .checkpoint_pages import CheckpointPages, release_checkpoint_pages
 from .decoder import StreamingDecoder
 from .loop import FrameGenerator, TalkerPrompt, capture_prompt, keep_float
 from .precision import Precision, choose_precision
@@ -88,15 +88,16 @@ def apply_precision(model: Any, precision: Precision) -> FrameGenerator:
         predictor = talker.code_predictor
         stacks = (talker.model.layers, predictor.model.layers, predictor.lm_head, talker.codec_head)
         keep += tuple(m for stack in stacks for m in stack.modules() if isinstance(m, torch.nn.Linear))
+    pages = CheckpointPages()  # what transformers mapped; from here on its pages are only read
     _cast(model, getattr(torch, precision.compute_dtype), keep=keep)
     _cast(model.speech_tokenizer.model.decoder, getattr(torch, precision.codec_dtype))
-    release_checkpoint_pages()
+    pages.release()
     convert = KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
 
     def make_linear(linear: torch.nn.Linear) -> torch.nn.Module:
         # Each converted layer's checkpoint pages go at once, so they never pile up into the peak.
         converted = convert(linear)
-        release_checkpoint_pages()
+        pages.release()
         return converted
 
     generator = FrameGenerator(model, make_linear)
