@@ -75,3 +75,19 @@ def test_a_loaded_engine_keeps_little_of_its_checkpoint_resident(tiny_models, qu
     assert resident_kb <= 0.1 * checkpoint.stat().st_size / 1024  # loading reads all of it
     voice = engine.voices()[0]
     assert len(b"".join(engine.synthesize("Hi.", voice, "english"))) == 4 * 1920 * 2
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_building_clone_prompts_leaves_little_of_the_checkpoints_resident(
+    tiny_models, voices_dir, tmp_path: Path
+) -> None:
+    from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
+    from wyoming_qwen3tts.settings import Settings
+
+    model_dir = tiny_models["base"]
+    settings = Settings(quantize="none", voices_dir=voices_dir, data_dir=tmp_path, greedy=True, max_frames=4)
+    engine = PyTorchEngine(model_dir, settings)
+    assert any(voice.kind == "clone" for voice in engine.voices())  # the encoders ran
+    for checkpoint in (model_dir / "model.safetensors", model_dir / "speech_tokenizer" / "model.safetensors"):
+        resident_kb = sum(m.resident_kb for m in checkpoint_mappings() if Path(m.path) == checkpoint)
+        assert resident_kb <= 0.1 * checkpoint.stat().st_size / 1024, checkpoint

@@ -164,6 +164,7 @@ class PyTorchEngine(Engine):
         self._prompt_cache = ClonePromptCache(settings.data_dir / "voice-cache")
         self._fingerprint: str | None = None  # of the encoders that make clone prompts, once one is needed
         self._catalog = self._load_voices(settings)
+        release_checkpoint_pages()  # what the encoders read to build and fingerprint clone prompts
         if not self._catalog.voices():
             raise EngineError(
                 f"the {self._kind} model at {model_dir} has no voices: a Base model clones the voices in "
@@ -194,6 +195,7 @@ class PyTorchEngine(Engine):
             v.clone_prompt.key for v in self._catalog.voices() if isinstance(v.clone_prompt, ClonePrompt)
         }
         self._clone_prompts = {key: p for key, p in self._clone_prompts.items() if key in in_use}
+        release_checkpoint_pages()
         return True
 
     def _load_voices(self, settings: Settings) -> VoiceCatalog:
