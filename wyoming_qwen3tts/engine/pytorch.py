@@ -100,9 +100,7 @@ def apply_precision(model: Any, precision: Precision) -> FrameGenerator:
         pages.release()
         return converted
 
-    generator = FrameGenerator(model, make_linear)
-    release_checkpoint_pages()
-    return generator
+    return FrameGenerator(model, make_linear)
 
 
 @dataclass(frozen=True)
