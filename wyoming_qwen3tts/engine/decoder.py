@@ -3,24 +3,31 @@
 Upstream `Qwen3TTSTokenizerV2Decoder.chunked_decode` decodes each chunk again together with 25 frames of
 left context, which for the small chunks of a streamed reply multiplies the work several times and is
 still only an approximation of decoding the whole utterance. Every layer of that decoder is causal, so
-`StreamingDecoder` instead keeps, per layer, what the next chunk needs of the past: the last (k-1)*dilation
-inputs of each causal conv, the last input of each causal transposed conv and the last sliding_window - 1
-keys and values of each transformer layer, plus the frame position for RoPE. Decoding in chunks of any
-size then gives the same samples as decoding the whole utterance at once (up to float rounding).
+the chunk step here instead takes, per layer, what the next chunk needs of the past: the last
+(k-1)*dilation inputs of each causal conv, the last input of each causal transposed conv and the last
+sliding_window - 1 keys and values of each transformer layer, plus the frame position for RoPE. Decoding
+in chunks of any size then gives the same samples as decoding the whole utterance at once (up to float
+rounding).
 
-A state is a snapshot of immutable tensors, so a voice-clone reference prompt can be decoded once and its
-state restored at the start of every request that uses it.
+The seam between the stream and a backend is `CodecStep`, a pure `(codes, state) -> (pcm, state)`:
+`TorchCodec` runs `CodecGraph` eagerly, the OpenVINO backend (engine/openvino/codec.py) runs the same
+graph converted to IR. `StreamingDecoder` only holds a step and the current state. A state is a snapshot
+of immutable tensors, so a voice-clone reference prompt can be decoded once and its state restored at the
+start of every request that uses it, and concurrent streams share one step.
 
-For the CPU, SnakeBeta runs in place and the transposed convs as one matrix product each (same values up
-to rounding). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay for reading all weights
-(~450 MB in float32) once per call, so 4-8 frames a chunk cost about half as much per frame as 1. Keep the
-codec in float32 on CPUs without native bfloat16 (AVX2): there bf16 convs take reference kernels, ~40x slower.
+For the CPU, SnakeBeta runs in place on its own temporaries and the transposed convs as one matrix product
+each (same values up to rounding). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay
+for reading all weights (~450 MB in float32) once per call, so 4-8 frames a chunk cost about half as much
+per frame as 1. Keep the codec in float32 on CPUs without native bfloat16 (AVX2): there bf16 convs take
+reference kernels, ~40x slower.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,23 +42,121 @@ MAX_FRAMES_PER_PASS = 32
 
 @dataclass(frozen=True)
 class DecoderState:
-    """A snapshot of a StreamingDecoder's carried state; its tensors are never changed in place."""
+    """What a codec step needs of the past; its tensors are never changed in place, so states can be shared.
+
+    All shapes are fixed (see CodecGraph.state_shapes): the key/value caches always hold sliding_window - 1
+    entries, those before frame 0 being zeros that the attention mask leaves out. The OpenVINO step keeps
+    the same CPU torch tensors and hands them to the runtime as numpy views, without copying.
+    """
 
     frames: int  # frames decoded so far: the RoPE position of the next frame
-    convs: tuple[torch.Tensor, ...]  # per stateful (transposed) conv: its last input samples
-    keys: tuple[torch.Tensor, ...]  # per transformer layer: up to sliding_window - 1 keys after RoPE
+    convs: tuple[torch.Tensor, ...]  # per stateful (transposed) conv: its last input samples [1, C, context]
+    keys: tuple[torch.Tensor, ...]  # per transformer layer: the last keys after RoPE [1, heads, window-1, D]
     values: tuple[torch.Tensor, ...]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The state tensors in graph order: convs, keys, values."""
+        return (*self.convs, *self.keys, *self.values)
+
+
+class CodecStep(ABC):
+    """How a backend decodes one chunk: pure, so one step serves any number of streams at once."""
+
+    num_quantizers: int
+    samples_per_frame: int
+
+    @abstractmethod
+    def initial_state(self) -> DecoderState:
+        """The state of a stream that has decoded nothing."""
+
+    @abstractmethod
+    def decode(self, codes: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """codes [1, num_quantizers, T] int64 (T <= MAX_FRAMES_PER_PASS) after `state` -> the T *
+        samples_per_frame float32 samples at 24 kHz and the state after them; `state` is left unchanged."""
 
 
 class StreamingDecoder:
-    """Decode codec frames chunk by chunk with the codec decoder's causal state carried between chunks.
+    """One stream: a codec step and the state it has reached. `decode(codes)` returns the new samples only.
 
-    One instance serves one stream (batch size 1); instances may share the decoder module, which is only
-    read. `decode(codes)` returns the samples of the new frames only.
+    `StreamingDecoder(codec_decoder_module)` wraps the module in a TorchCodec; pass a CodecStep to share
+    one step (and its weight tables) between streams, or copy() a decoder.
     """
+
+    def __init__(self, step: CodecStep | nn.Module, state: DecoderState | None = None) -> None:
+        self.step = step if isinstance(step, CodecStep) else TorchCodec(step)
+        self.num_quantizers = self.step.num_quantizers
+        self.samples_per_frame = self.step.samples_per_frame
+        self.state = state if state is not None else self.step.initial_state()
+
+    @property
+    def frames(self) -> int:
+        """Frames decoded so far."""
+        return self.state.frames
+
+    def reset(self) -> None:
+        """Start a new stream, as if nothing had been decoded."""
+        self.state = self.step.initial_state()
+
+    def snapshot(self) -> DecoderState:
+        """The current state, to restore() later (e.g. after decoding a reference prompt)."""
+        return self.state
+
+    def restore(self, state: DecoderState) -> None:
+        """Continue from a state taken by snapshot(), of this decoder or another on the same step."""
+        self.state = state
+
+    def copy(self) -> StreamingDecoder:
+        """An independent stream on the same step, continuing from this one's current state."""
+        return StreamingDecoder(self.step, self.state)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decode new frames, codes [T, 16] or [1, 16, T], to their T * 1920 float32 samples at 24 kHz."""
+        if codes.dim() == 2:
+            codes = codes.t().unsqueeze(0)
+        if codes.dim() != 3 or codes.shape[0] != 1 or codes.shape[1] != self.num_quantizers:
+            raise ValueError(f"expected codes [T, {self.num_quantizers}] or [1, {self.num_quantizers}, T]")
+        codes = codes.to(torch.long)
+        wavs = []
+        for start in range(0, codes.shape[2], MAX_FRAMES_PER_PASS):
+            wav, self.state = self.step.decode(codes[..., start : start + MAX_FRAMES_PER_PASS], self.state)
+            wavs.append(wav)
+        if not wavs:
+            return torch.zeros(0)
+        return wavs[0] if len(wavs) == 1 else torch.cat(wavs)
+
+
+class TorchCodec(CodecStep):
+    """The chunk step in eager PyTorch, on the decoder module's own weights (only read, never changed)."""
 
     def __init__(self, codec_decoder: Any) -> None:
         """Wrap a Qwen3TTSTokenizerV2Decoder (`Qwen3TTSModel.model.speech_tokenizer.model.decoder`)."""
+        self.graph = CodecGraph(codec_decoder)
+        self.num_quantizers = self.graph.num_quantizers
+        self.samples_per_frame = self.graph.samples_per_frame
+        self._initial = self.graph.state(0, self.graph.zero_state())
+
+    def initial_state(self) -> DecoderState:
+        return self._initial
+
+    def decode(self, codes: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        with torch.inference_mode():
+            device = state.keys[0].device
+            frames = torch.tensor(state.frames, device=device)
+            wav, *tensors = self.graph(codes.to(device, torch.long), frames, *state.tensors())
+        return wav.float(), self.graph.state(state.frames + codes.shape[2], tensors)
+
+
+class CodecGraph(nn.Module):
+    """Qwen3TTSTokenizerV2Decoder.forward as a pure function of one chunk and the state before it.
+
+    forward(codes [1, 16, T] int64, frames [] int64, *convs, *keys, *values) returns (samples [T * 1920],
+    *convs, *keys, *values), the state tensors in the order of state_shapes(): the stateful convs in the
+    order the decoder runs them, then the keys of each transformer layer, then its values. It never writes
+    to its inputs, so TorchCodec calls it eagerly and export_codec converts it to OpenVINO as it is.
+    """
+
+    def __init__(self, codec_decoder: Any) -> None:
+        super().__init__()
         config = codec_decoder.config
         self.decoder = codec_decoder
         self.num_quantizers = int(config.num_quantizers)
@@ -60,11 +165,26 @@ class StreamingDecoder:
         self._transformer = codec_decoder.pre_transformer
         self._layers = list(self._transformer.layers[: config.num_hidden_layers])
         attn = self._layers[0].self_attn
-        self._head_dim = attn.head_dim
+        self._head_dim = int(attn.head_dim)
+        self._kv_heads = attn.k_proj.out_features // self._head_dim
 
         # The decoder's own module holds its RoPE helper (qwen_tts is imported by now).
         modeling = importlib.import_module(type(codec_decoder).__module__)
-        self._apply_rope = modeling.apply_rotary_pos_emb
+        self._apply_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]] = modeling.apply_rotary_pos_emb
+
+        # Codebooks divided by their usage once, not on every call as EuclideanCodebook.decode does.
+        quantizer = codec_decoder.quantizer
+        self._quantizers = [quantizer.rvq_first, quantizer.rvq_rest]
+        with torch.no_grad():
+            self._codebooks = [
+                [
+                    (book.embedding_sum / book.cluster_usage.clamp(min=book.epsilon)[:, None]).detach(),
+                    layer.project_out,
+                ]
+                for rvq in self._quantizers
+                for layer in rvq.vq.layers
+                for book in [layer._codebook]
+            ]
 
         # (ConvTranspose with kernel == stride, ConvNeXt block) per upsampling step.
         self._upsample = [(pair[0], pair[1]) for pair in codec_decoder.upsample]
@@ -73,7 +193,7 @@ class StreamingDecoder:
         # (SnakeBeta, causal ConvTranspose, residual units) per decoder block.
         self._blocks = [(block.block[0], block.block[1], list(block.block[2:])) for block in blocks]
 
-        # Convs that need the past, by identity: module -> (index into the state, inputs of context kept).
+        # Convs that need the past, in the order forward runs them: module -> (index into state, context).
         self._context: dict[Any, tuple[int, int]] = {}
         convs = [codec_decoder.pre_conv, *(convnext.dwconv for _up, convnext in self._upsample), first_conv]
         for _act, upsample, units in self._blocks:
@@ -89,89 +209,76 @@ class StreamingDecoder:
             if isinstance(module.conv, nn.ConvTranspose1d)
             and module.conv.kernel_size[0] in (module.conv.stride[0], 2 * module.conv.stride[0])
         }
-        self._initial = self._zero_state()
-        self.restore(self._initial)
 
-    # --- state --------------------------------------------------------------------------------------
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the state tensors, in forward's order."""
+        convs = [(1, module.conv.in_channels, context) for module, (_i, context) in self._context.items()]
+        cache = (1, self._kv_heads, self._window - 1, self._head_dim)
+        return [*convs, *[cache] * (2 * len(self._layers))]
 
-    def _zero_state(self) -> DecoderState:
+    def zero_state(self) -> list[torch.Tensor]:
+        """The state tensors before the first frame: zero conv inputs, empty (masked) caches."""
         param = next(self.decoder.parameters())
-        convs = [None] * len(self._context)
-        for module, (index, context) in self._context.items():
-            conv = module.conv
-            channels = conv.in_channels
-            convs[index] = torch.zeros(1, channels, context, dtype=param.dtype, device=param.device)
-        attn = self._layers[0].self_attn
-        heads = attn.k_proj.out_features // self._head_dim
-        empty = torch.zeros(1, heads, 0, self._head_dim, dtype=param.dtype, device=param.device)
-        return DecoderState(0, tuple(convs), (empty,) * len(self._layers), (empty,) * len(self._layers))
+        return [torch.zeros(shape, dtype=param.dtype, device=param.device) for shape in self.state_shapes()]
 
-    def reset(self) -> None:
-        """Start a new stream, as if nothing had been decoded."""
-        self.restore(self._initial)
+    def state(self, frames: int, tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> DecoderState:
+        """A DecoderState of flat state tensors in forward's order."""
+        convs, layers = len(self._context), len(self._layers)
+        return DecoderState(
+            frames,
+            tuple(tensors[:convs]),
+            tuple(tensors[convs : convs + layers]),
+            tuple(tensors[convs + layers :]),
+        )
 
-    def snapshot(self) -> DecoderState:
-        """The current state, to restore() later (e.g. after decoding a reference prompt)."""
-        return DecoderState(self.frames, tuple(self._convs), tuple(self._keys), tuple(self._values))
+    def forward(
+        self, codes: torch.Tensor, frames: torch.Tensor, *state: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        convs, layers = len(self._context), len(self._layers)
+        carried = list(state[:convs])  # each replaced by its conv's new context as the chunk passes
 
-    def restore(self, state: DecoderState) -> None:
-        """Continue from a state taken by snapshot(), of this decoder or another on the same module."""
-        self.frames = state.frames
-        self._convs = list(state.convs)
-        self._keys = list(state.keys)
-        self._values = list(state.values)
+        def conv(module: Any, x: torch.Tensor) -> torch.Tensor:
+            return self._conv(module, x, carried)
 
-    def copy(self) -> StreamingDecoder:
-        """An independent decoder on the same module, continuing from this one's current state."""
-        other = object.__new__(StreamingDecoder)
-        other.__dict__.update(self.__dict__)
-        other.restore(self.snapshot())
-        return other
-
-    # --- decoding -----------------------------------------------------------------------------------
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Decode new frames, codes [T, 16] or [1, 16, T], to their T * 1920 float32 samples at 24 kHz."""
-        if codes.dim() == 2:
-            codes = codes.t().unsqueeze(0)
-        if codes.dim() != 3 or codes.shape[0] != 1 or codes.shape[1] != self.num_quantizers:
-            raise ValueError(f"expected codes [T, {self.num_quantizers}] or [1, {self.num_quantizers}, T]")
-        frames = codes.shape[2]
-        if frames == 0:
-            return torch.zeros(0)
-        with torch.inference_mode():
-            codes = codes.to(self._initial.keys[0].device, torch.long)
-            wavs = [
-                self._decode_pass(codes[..., start : start + MAX_FRAMES_PER_PASS])
-                for start in range(0, frames, MAX_FRAMES_PER_PASS)
-            ]
-            wav = wavs[0] if len(wavs) == 1 else torch.cat(wavs)
-            return wav.float()
-
-    def _decode_pass(self, codes: torch.Tensor) -> torch.Tensor:
-        """Mirror Qwen3TTSTokenizerV2Decoder.forward, with each causal layer continuing its state."""
-        hidden = self.decoder.quantizer.decode(codes)
-        hidden = self._conv(self.decoder.pre_conv, hidden).transpose(1, 2)
-        hidden = self._attend(hidden).transpose(1, 2)
+        hidden = self._quantized(codes)
+        hidden = conv(self.decoder.pre_conv, hidden).transpose(1, 2)
+        hidden, keys, values = self._attend(
+            hidden, frames, state[convs : convs + layers], state[convs + layers :]
+        )
+        hidden = hidden.transpose(1, 2)
         for upsample, convnext in self._upsample:
-            hidden = self._convnext(convnext, self._conv(upsample, hidden))
-        wav = self._conv(self._first_conv, hidden)
+            hidden = self._convnext(convnext, conv(upsample, hidden), carried)
+        wav = conv(self._first_conv, hidden)
         for act, upsample, units in self._blocks:
-            wav = self._conv(upsample, _snake(act, wav))
+            wav = conv(upsample, _snake(act, wav))
             for unit in units:
-                out = self._conv(unit.conv1, _snake(unit.act1, wav))
-                wav = self._conv(unit.conv2, _snake(unit.act2, out)).add_(wav)
-        wav = self._conv(self._last_conv, _snake(self._last_act, wav))
-        self.frames += codes.shape[2]
-        return wav.clamp(min=-1, max=1).reshape(-1)
+                out = conv(unit.conv1, _snake(unit.act1, wav))
+                wav = conv(unit.conv2, _snake(unit.act2, out)).add_(wav)
+        wav = conv(self._last_conv, _snake(self._last_act, wav))
+        return (wav.clamp(min=-1, max=1).reshape(-1), *carried, *keys, *values)
 
-    def _conv(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+    def _quantized(self, codes: torch.Tensor) -> torch.Tensor:
+        """SplitResidualVectorQuantizer.decode: [1, 16, T] codes -> [1, codebook_dim, T], same sums."""
+        books = iter(enumerate(self._codebooks))
+        hidden: torch.Tensor | None = None
+        for rvq in self._quantizers:
+            quantized: torch.Tensor | None = None
+            for _layer in rvq.vq.layers:
+                index, (table, project_out) = next(books)
+                looked_up = project_out(F.embedding(codes[:, index], table)).transpose(1, 2)
+                quantized = looked_up if quantized is None else quantized + looked_up
+            projected = rvq.output_proj(quantized)
+            hidden = projected if hidden is None else hidden + projected
+        assert hidden is not None
+        return hidden
+
+    def _conv(self, module: Any, x: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
         """A causal (transposed) conv on x [1, C, T] continuing from the inputs it saw before."""
         entry = self._context.get(module)
         if entry is not None:  # else kernel 1, or transposed with kernel == stride: no past, no padding
             index, context = entry
-            x = torch.cat([self._convs[index], x], dim=-1)
-            self._convs[index] = x[..., -context:].clone()  # a copy: a slice would keep all of x alive
+            x = torch.cat([carried[index], x], dim=-1)
+            carried[index] = x[..., -context:].clone()  # a copy: a slice would keep all of x alive
         polyphase = self._polyphase.get(module)
         if polyphase is not None:
             return _run_polyphase(x, *polyphase)
@@ -181,49 +288,59 @@ class StreamingDecoder:
             return module.conv(x)[..., context * stride : x.shape[-1] * stride]
         return module.conv(x)
 
-    def _convnext(self, block: Any, hidden: torch.Tensor) -> torch.Tensor:
+    def _convnext(self, block: Any, hidden: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
         """Qwen3TTSTokenizerV2ConvNeXtBlock.forward with a stateful depthwise conv."""
-        out = self._conv(block.dwconv, hidden).permute(0, 2, 1)
+        out = self._conv(block.dwconv, hidden, carried).permute(0, 2, 1)
         out = block.pwconv2(block.act(block.pwconv1(block.norm(out))))
         return hidden + (block.gamma * out).permute(0, 2, 1)
 
-    def _attend(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The pre_transformer on hidden [1, T, latent] with a sliding-window KV cache."""
+    def _attend(
+        self,
+        hidden: torch.Tensor,
+        frames: torch.Tensor,
+        past_keys: tuple[torch.Tensor, ...],
+        past_values: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The pre_transformer on hidden [1, T, latent] with a fixed-size sliding-window KV cache."""
         transformer = self._transformer
         length = hidden.shape[1]
         hidden = transformer.input_proj(hidden)
-        device = hidden.device
-        positions = torch.arange(self.frames, self.frames + length, device=device).unsqueeze(0)
-        cos, sin = transformer.rotary_emb(hidden, positions)
-        cached = self._keys[0].shape[2]
-        # Query t may see cached key j - cached <= t and > t - window (transformers' sliding-window mask).
-        offset = torch.arange(-cached, length, device=device) - torch.arange(length, device=device)[:, None]
-        mask = None if length == 1 else (offset <= 0) & (offset > -self._window)
-        shape = (1, length, -1, self._head_dim)
         keep = self._window - 1
-        for index, layer in enumerate(self._layers):
+        steps = torch.arange(length, device=hidden.device)
+        positions = frames + steps  # of the queries
+        cos, sin = transformer.rotary_emb(hidden, positions.unsqueeze(0))
+        # Key j sits at frame frames - keep + j; query t may see it if it is a real frame (>= 0), not in
+        # the future and within the window (transformers' sliding-window mask).
+        key_positions = frames - keep + torch.arange(keep + length, device=hidden.device)
+        offset = key_positions - positions[:, None]
+        mask = (offset <= 0) & (offset > -self._window) & (key_positions >= 0)
+        shape = (1, length, -1, self._head_dim)
+        keys, values = [], []
+        for layer, past_key, past_value in zip(self._layers, past_keys, past_values, strict=True):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
             query = attn.q_norm(attn.q_proj(x).view(shape)).transpose(1, 2)
             key = attn.k_norm(attn.k_proj(x).view(shape)).transpose(1, 2)
             value = attn.v_proj(x).view(shape).transpose(1, 2)
             query, key = self._apply_rope(query, key, cos, sin)
-            key = torch.cat([self._keys[index], key], dim=2)
-            value = torch.cat([self._values[index], value], dim=2)
-            self._keys[index] = key[:, :, -keep:]
-            self._values[index] = value[:, :, -keep:]
-            # Grouped key/value heads are attended without repeating them, as in engine/loop.py.
-            out = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=mask, scale=attn.scaling, enable_gqa=True
-            )
+            key = torch.cat([past_key, key], dim=2)
+            value = torch.cat([past_value, value], dim=2)
+            keys.append(key[:, :, -keep:])
+            values.append(value[:, :, -keep:])
+            if attn.num_key_value_groups > 1:  # grouped heads, spelled out for every backend's converter
+                key = key.repeat_interleave(attn.num_key_value_groups, dim=1)
+                value = value.repeat_interleave(attn.num_key_value_groups, dim=1)
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scaling)
             out = attn.o_proj(out.transpose(1, 2).reshape(1, length, -1))
             hidden = hidden + layer.self_attn_layer_scale(out)
             hidden = hidden + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(hidden)))
-        return transformer.output_proj(transformer.norm(hidden))
+        return transformer.output_proj(transformer.norm(hidden)), keys, values
 
 
 def _snake(act: Any, x: torch.Tensor) -> torch.Tensor:
-    """SnakeBeta.forward, x + sin(x * alpha)^2 / beta, with one allocation instead of five (same values)."""
+    """SnakeBeta.forward, x + sin(x * alpha)^2 / beta, with one allocation instead of five (same values).
+
+    The in-place steps only touch x * alpha, a new tensor: x itself is never written."""
     alpha = act.alpha.exp()[:, None]
     inverse_beta = 1.0 / (act.beta.exp()[:, None] + act.no_div_by_zero)
     return (x * alpha).sin_().pow_(2).mul_(inverse_beta).add_(x)
@@ -264,4 +381,4 @@ def _context(module: Any) -> int:
         return math.ceil(kernel / stride) - 1  # output block j depends on inputs j - context ... j
     if module.stride != 1:
         raise ValueError("StreamingDecoder supports causal convs of stride 1 only")
-    return module.padding  # (kernel_size - 1) * dilation
+    return int(module.padding)  # (kernel_size - 1) * dilation
