@@ -57,4 +57,4 @@ def test_clone_voice_reference_codes_are_decoded_once(tiny_models, voices_dir, t
     first = b"".join(engine.synthesize("Hi.", anna, "english"))
     second = b"".join(engine.synthesize("Hi.", anna, "english"))
     assert first == second and len(first) == 6 * 1920 * 2
-    assert primed.frames == frames_before == anna.clone_prompt.item.ref_code.shape[0]
+    assert primed.frames == frames_before == anna.clone_prompt.reference.ref_code.shape[0]

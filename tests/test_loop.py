@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from wyoming_qwen3tts.engine.loop import FrameGenerator, SamplingOptions, capture_prompt
+from wyoming_qwen3tts.engine.prompt import TorchEmbeddingTables
+from wyoming_qwen3tts.engine.torch_steps import TorchSteps
 from wyoming_qwen3tts.qwen_import import import_qwen_tts
 
 GREEDY = {"do_sample": False, "subtalker_dosample": False}
@@ -15,6 +17,11 @@ TEXT = "Hello there, this is a test."
 def load(model_dir):
     qwen_tts = import_qwen_tts()
     return qwen_tts.Qwen3TTSModel.from_pretrained(str(model_dir), dtype=torch.float32)
+
+
+def generator_for(model) -> FrameGenerator:
+    """Our loop on the PyTorch steps; it takes over the layers' weights: stock generate() ends here."""
+    return FrameGenerator(TorchSteps(model), TorchEmbeddingTables(model))
 
 
 def stock_codes(tts, call) -> torch.Tensor:
@@ -78,7 +85,7 @@ def test_greedy_codes_equal_qwen_tts_generate(kind, tiny_models, voices_dir):
     max_new_tokens = 14
     cases = list(calls(kind, tts, voices_dir, max_new_tokens))
     expected_codes = [stock_codes(tts, call)[ref_len:] for _, call, ref_len in cases]
-    generator = FrameGenerator(tts.model)  # takes over the layers' weights: stock generate() ends here
+    generator = generator_for(tts.model)
     for (label, call, _), expected in zip(cases, expected_codes, strict=True):
         prompt = capture_prompt(tts.model, call)
         assert prompt.sampling.do_sample is False and prompt.sampling.subtalker_do_sample is False
@@ -90,7 +97,7 @@ def test_greedy_codes_equal_qwen_tts_generate(kind, tiny_models, voices_dir):
 
 def test_sampling_follows_the_generation_config_and_the_seed(tiny_models):
     tts = load(tiny_models["custom_voice"])
-    generator = FrameGenerator(tts.model)
+    generator = generator_for(tts.model)
     prompt = capture_prompt(
         tts.model, lambda: tts.generate_custom_voice(text=TEXT, speaker="ryan", language="english")
     )
@@ -107,7 +114,7 @@ def test_sampling_follows_the_generation_config_and_the_seed(tiny_models):
 
 def test_two_interleaved_generations_do_not_share_state(tiny_models):
     tts = load(tiny_models["custom_voice"])
-    generator = FrameGenerator(tts.model)
+    generator = generator_for(tts.model)
     kwargs = {**GREEDY}
     a = capture_prompt(tts.model, lambda: tts.generate_custom_voice(text=TEXT, speaker="ryan", **kwargs))
     b = capture_prompt(

@@ -140,8 +140,8 @@ def test_base_model_clones_in_both_modes_and_shares_equal_prompts(
     voices = {voice.name: voice for voice in engine.voices()}
     assert list(voices) == ["grandma", "whisper", "anna", "bob"]
     grandma, whisper = voices["grandma"], voices["whisper"]
-    assert grandma.languages == ("german",) and grandma.clone_prompt.item.icl_mode
-    assert whisper.clone_prompt.item.x_vector_only_mode and whisper.clone_prompt.primed is None
+    assert grandma.languages == ("german",) and grandma.clone_prompt.reference.ref_code is not None
+    assert whisper.clone_prompt.reference.ref_code is None and whisper.clone_prompt.primed is None
     assert whisper.description == "Grandma, speaker embedding only"
     assert voices["bob"].description == "bob (cloned from reference audio only)"
     # grandma's recording and transcript are anna's: one prompt, built once, for both voices.
@@ -170,7 +170,7 @@ def test_cached_prompts_skip_both_encoders_after_a_restart(tiny_models, voices_d
     data = tmp_path / "data"
     first = engine_for(tiny_models["base"], root, data)
     before = {voice.name: speak(first, voice.name) for voice in first.voices()}
-    prompts = {voice.name: voice.clone_prompt.item for voice in first.voices()}
+    prompts = {voice.name: voice.clone_prompt.reference for voice in first.voices()}
     assert len(list((data / "voice-cache").glob("*.safetensors"))) == 3  # anna, bob, whisper
     del first
 
@@ -178,12 +178,12 @@ def test_cached_prompts_skip_both_encoders_after_a_restart(tiny_models, voices_d
     second = engine_for(tiny_models["base"], root, data)
     assert encoders.calls == Counter()  # neither the speaker encoder nor the codec encoder ran
     for voice in second.voices():
-        item, cached = prompts[voice.name], voice.clone_prompt.item
-        assert torch.equal(item.ref_spk_embedding, cached.ref_spk_embedding)
+        item, cached = prompts[voice.name], voice.clone_prompt.reference
+        assert torch.equal(item.speaker_embedding, cached.speaker_embedding)
         assert (item.ref_code is None and cached.ref_code is None) or torch.equal(
             item.ref_code, cached.ref_code
         )
-        assert (item.ref_text, item.icl_mode) == (cached.ref_text, cached.icl_mode)
+        assert item.ref_text == cached.ref_text
         assert speak(second, voice.name) == before[voice.name]
 
     # A new transcript is another prompt: computed, not taken from the cache.
@@ -191,7 +191,7 @@ def test_cached_prompts_skip_both_encoders_after_a_restart(tiny_models, voices_d
     third = engine_for(tiny_models["base"], root, data)
     assert encoders.calls["create_voice_clone_prompt"] == 1
     assert len(list((data / "voice-cache").glob("*.safetensors"))) == 4
-    assert next(v for v in third.voices() if v.name == "anna").clone_prompt.item.ref_text.startswith(
+    assert next(v for v in third.voices() if v.name == "anna").clone_prompt.reference.ref_text.startswith(
         "Another"
     )
 

@@ -1,0 +1,249 @@
+"""What every backend's engine shares: voices, clone prompts, prompts, frame caps and the chunk schedule.
+
+A backend loads its parts (steps, embedding tables, codec step, the encoders
+that clone a voice) and hands them to `StreamingEngine`; from there on a
+sentence takes the same path whatever runs the steps: prompt (engine/prompt.py)
+-> frames (engine/loop.py) -> chunks of PCM (engine/decoder.py).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import librosa
+import numpy as np
+import torch
+
+from ..settings import Settings
+from ..voices import (
+    ClonePromptCache,
+    ModelVoices,
+    StoredPrompt,
+    VoiceCatalog,
+    VoiceEntry,
+    VoiceError,
+    prompt_key,
+)
+from .base import Engine, EngineError, Voice
+from .decoder import CodecStep, StreamingDecoder
+from .loop import FrameGenerator, TalkerPrompt
+from .prompt import CloneReference, PromptBuilder
+from .steps import ModelSteps
+
+_LOGGER = logging.getLogger(__name__)
+
+# Speech runs at roughly one 80 ms frame per Latin character and up to three
+# per CJK character; the cap stops a model that runs away, not a slow speaker.
+FRAMES_PER_CHAR = 4
+MIN_FRAME_CAP = 50
+MAX_FRAME_CAP = 3000  # 4 minutes of speech in one sentence; the talker's positions must fit the prompt too
+# Frames per decoded chunk: the first is one frame (80 ms of speech) for fast first audio, later ones
+# larger, as the codec decodes a frame for less when it gets several at once. Measured on the 0.6B
+# dimensions, 2 threads: 122 ms a frame in 1-frame chunks, 85 in 2, 70 in 3, 64 in 8; first audio of
+# a one-sentence prompt 397 ms with a 1-frame first chunk against 645 ms with a 2-frame one.
+CHUNK_SCHEDULE = (1, 3, 8)
+
+
+class ReferenceEncoder(Protocol):
+    """What turns reference audio into a cloned voice (a Base model's speaker and codec encoders)."""
+
+    def clone_reference(self, waveform: np.ndarray, rate: int, transcript: str | None) -> CloneReference:
+        """The x-vector, and with a transcript the reference codes (in-context cloning)."""
+
+
+@dataclass(frozen=True)
+class ClonePrompt:
+    """What a cloned voice speaks with: its reference, and the codec state after its reference codes.
+
+    A request keeps its Voice, and so this, even when the voices directory
+    changes while it speaks.
+    """
+
+    key: str  # the clone prompt cache key: content of the audio, transcript, mode, model
+    reference: CloneReference
+    primed: StreamingDecoder | None  # in-context mode: a decoder that has heard the reference codes
+
+
+@dataclass
+class EngineParts:
+    """What a backend loads: the same kinds of parts for every backend."""
+
+    steps: ModelSteps
+    prompts: PromptBuilder
+    codec: CodecStep
+    encoder: ReferenceEncoder | None  # Base models only
+    clone_fingerprint: Callable[[], str]  # of the encoders, for clone prompt cache keys; called when needed
+    description: str  # formats and threads, for the log
+
+
+def to_pcm16(waveform: np.ndarray | torch.Tensor) -> bytes:
+    """Float audio in [-1, 1] to little-endian 16-bit PCM bytes."""
+    clipped = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
+    return (clipped * 32767.0).astype("<i2").tobytes()
+
+
+class StreamingEngine(Engine):
+    """An engine on a backend's parts: voices, prompts, frames and streamed PCM."""
+
+    def __init__(self, model_dir: Path, settings: Settings, parts: EngineParts, started: float) -> None:
+        self._settings = settings
+        self.parts = parts
+        self.prompts = parts.prompts
+        self.frame_generator = FrameGenerator(parts.steps, parts.prompts.tables)
+        self._kind = parts.prompts.model_kind
+        self._languages = [lang for lang in parts.prompts.languages if lang != "auto"]
+        _LOGGER.info(
+            "Loaded %s (%s; %s) in %.1f s",
+            model_dir,
+            self._kind,
+            parts.description,
+            time.monotonic() - started,
+        )
+        # Built once: its per-module tables are shared by every copy().
+        self._fresh_decoder = StreamingDecoder(parts.codec)
+        self._clone_prompts: dict[str, ClonePrompt] = {}  # by cache key: voices with the same audio share one
+        self._prompt_cache = ClonePromptCache(settings.data_dir / "voice-cache")
+        self._fingerprint: str | None = None  # of the encoders that make clone prompts, once one is needed
+        self._catalog = self._load_voices(settings)
+        self._after_clone_prompts()
+        if not self._catalog.voices():
+            raise EngineError(
+                f"the {self._kind} model at {model_dir} has no voices: a Base model clones the voices in "
+                "--voices-dir (NAME.wav + NAME.txt, or voices.json); add at least one",
+                "no-voices",
+            )
+
+    def _after_clone_prompts(self) -> None:
+        """A backend's clean-up once clone prompts were built (e.g. releasing checkpoint pages)."""
+
+    @property
+    def model_kind(self) -> str:
+        return self._kind
+
+    def languages(self) -> Sequence[str]:
+        return self._languages
+
+    def voices(self) -> Sequence[Voice]:
+        return self._catalog.voices()
+
+    def reload_voices(self) -> bool:
+        """Rebuild the voices if a file of --voices-dir changed (a stat per file when nothing did)."""
+        if not self._catalog.reload():
+            return False
+        in_use = {
+            v.clone_prompt.key for v in self._catalog.voices() if isinstance(v.clone_prompt, ClonePrompt)
+        }
+        self._clone_prompts = {key: p for key, p in self._clone_prompts.items() if key in in_use}
+        self._after_clone_prompts()
+        return True
+
+    def _load_voices(self, settings: Settings) -> VoiceCatalog:
+        prompts = self.prompts
+        custom = self._kind == "custom_voice"
+        capabilities = ModelVoices(
+            kind=self._kind,
+            languages=tuple(self._languages),
+            speakers=tuple(prompts.speakers) if custom else (),
+            dialects=dict(prompts.dialects) if custom else {},
+            follows_instructions=prompts.follows_instructions,
+        )
+        catalog = VoiceCatalog(capabilities, settings.voices_dir, self._clone_prompt)
+        catalog.load()
+        return catalog
+
+    def _clone_prompt(self, entry: VoiceEntry) -> ClonePrompt:
+        """The prompt of a cloned voice: from memory, else from the disk cache, else built by the encoders."""
+        assert entry.audio is not None
+        encoder = self.parts.encoder
+        if encoder is None:
+            raise VoiceError(entry.audio, entry.name, f"a {self._kind} model cannot clone voices")
+        audio = entry.audio.read_bytes()
+        if self._fingerprint is None:
+            self._fingerprint = self.parts.clone_fingerprint()
+        key = prompt_key(audio, entry.transcript, self._fingerprint)
+        known = self._clone_prompts.get(key)
+        if known is not None:
+            return known
+        started = time.monotonic()
+        stored = self._prompt_cache.load(key)
+        if stored is not None:
+            reference = CloneReference(stored.ref_code, stored.ref_spk_embedding, stored.ref_text)
+            source = "read from the cache"
+        else:
+            # Decoded from the bytes the key was made of, the way qwen-tts reads a file (librosa, own rate).
+            try:
+                waveform, rate = librosa.load(io.BytesIO(audio), sr=None, mono=True)
+            except Exception as err:  # soundfile and audioread raise their own kinds
+                reason = getattr(err, "error_string", None) or err
+                raise VoiceError(
+                    entry.audio, entry.name, f"cannot be read as audio ({reason}); use wav, flac, ogg or mp3"
+                ) from None
+            reference = encoder.clone_reference(waveform, int(rate), entry.transcript)
+            self._prompt_cache.save(
+                key,
+                StoredPrompt(reference.speaker_embedding, reference.ref_code, reference.ref_text),
+                entry.name,
+            )
+            source = "built"
+        primed = None
+        if reference.ref_code is not None:
+            # In-context cloning continues the reference audio: the codec must hear it first.
+            # Decode it once here and start every request from that state.
+            primed = self._fresh_decoder.copy()
+            primed.decode(reference.ref_code)
+        prompt = ClonePrompt(key, reference, primed)
+        self._clone_prompts[key] = prompt
+        _LOGGER.info("Voice %s: clone prompt %s in %.2f s", entry.name, source, time.monotonic() - started)
+        return prompt
+
+    def _decoder_for(self, voice: Voice) -> StreamingDecoder:
+        """A decoder for one utterance; a cloned voice's starts from its decoded reference codes."""
+        primed = voice.clone_prompt.primed if isinstance(voice.clone_prompt, ClonePrompt) else None
+        return (primed or self._fresh_decoder).copy()
+
+    def frame_cap(self, text: str) -> int:
+        """Most frames one sentence may produce: --max-frames, else derived from its length."""
+        derived = min(MAX_FRAME_CAP, MIN_FRAME_CAP + FRAMES_PER_CHAR * len(text))
+        return min(self._settings.max_frames, derived) if self._settings.max_frames else derived
+
+    def prompt(self, text: str, voice: Voice, language: str) -> TalkerPrompt:
+        """The talker prompt for this text, voice and language, as qwen-tts builds it."""
+        overrides = {"do_sample": False, "subtalker_dosample": False} if self._settings.greedy else None
+        clone = voice.clone_prompt.reference if isinstance(voice.clone_prompt, ClonePrompt) else None
+        if voice.kind not in ("preset", "clone", "design"):
+            raise EngineError(f"voice {voice.name} has unknown kind {voice.kind!r}", "bad-voice")
+        try:
+            return self.prompts.build(
+                text,
+                language,
+                speaker=voice.speaker if voice.kind == "preset" else None,
+                instruct=voice.instruct if voice.kind != "clone" else None,
+                clone=clone,
+                kind=self._kind,
+                sampling_overrides=overrides,
+            )
+        except ValueError as err:
+            raise EngineError(str(err), "bad-voice") from None
+
+    def frames(self, text: str, voice: Voice, language: str) -> Iterator[torch.Tensor]:
+        """The frames of codes for text, each as soon as it exists."""
+        return self.frame_generator.frames(self.prompt(text, voice, language), self.frame_cap(text))
+
+    def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
+        decoder = self._decoder_for(voice)
+        pending: list[torch.Tensor] = []
+        schedule = iter(CHUNK_SCHEDULE)
+        wanted = next(schedule)
+        for frame in self.frames(text, voice, language):
+            pending.append(frame)
+            if len(pending) >= wanted:
+                yield to_pcm16(decoder.decode(torch.stack(pending)))
+                pending, wanted = [], next(schedule, wanted)
+        if pending:
+            yield to_pcm16(decoder.decode(torch.stack(pending)))
