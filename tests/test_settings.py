@@ -54,13 +54,21 @@ def test_our_names_win_over_the_legacy_ones():
         ({"TTS_WARMUP_ON_START": "maybe"}, "TTS_WARMUP_ON_START"),
         ({"TTS_DEVICE": "cuda"}, "cpu"),
         ({"USE_IPEX": "1"}, "not available yet"),
-        ({"OV_MODEL_DIR": "/ov"}, "not available yet"),
-        ({"TTS_BACKEND": "openvino"}, "not available yet"),
+        ({"OV_WEIGHTS": "int3"}, "OV_WEIGHTS"),
     ],
 )
 def test_bad_environment_values_are_named(environ, needle):
     with pytest.raises(SettingsError, match=needle):
         parse_settings([], environ=environ)
+
+
+def test_openvino_is_chosen_by_flag_env_or_an_export_dir():
+    assert parse_settings(["--backend", "openvino"], environ={}).backend == "openvino"
+    assert parse_settings([], environ={"TTS_BACKEND": "openvino"}).backend == "openvino"
+    legacy = parse_settings([], environ={"OV_MODEL_DIR": "/ov", "OV_DEVICE": "AUTO", "OV_CACHE_DIR": "/c"})
+    assert (legacy.backend, legacy.ov_model_dir, legacy.ov_device) == ("openvino", Path("/ov"), "AUTO")
+    assert legacy.ov_cache_dir == Path("/c") and legacy.ov_weights == "int8"
+    assert parse_settings(["--ov-weights", "int4"], environ={}).ov_weights == "int4"
 
 
 def test_bad_flag_value_exits_with_usage(capsys):

@@ -20,7 +20,7 @@ from .engine import Engine, EngineError
 from .engine.factory import create_engine
 from .handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
 from .languages import AUTO, to_model_language
-from .model_files import ModelError, resolve_model_dir
+from .model_files import ModelError
 from .settings import Settings, SettingsError, parse_settings
 
 if TYPE_CHECKING:
@@ -62,8 +62,7 @@ def handler_options(settings: Settings, engine: Engine) -> HandlerOptions:
 
 def load_engine(settings: Settings) -> Engine:
     """Find the model, load it with the chosen backend and warm it up."""
-    model_dir = resolve_model_dir(settings.model, settings.data_dir)
-    engine = create_engine(settings, model_dir)
+    engine = create_engine(settings)
     if settings.warmup:
         _LOGGER.info("Warming up")
         engine.warmup()

@@ -22,10 +22,11 @@ DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 DEFAULT_URI = "tcp://0.0.0.0:10200"
 DEFAULT_ZEROCONF_NAME = "qwen3-tts"
 BACKENDS = ("pytorch", "ipex", "openvino")
-AVAILABLE_BACKENDS = ("pytorch",)
+AVAILABLE_BACKENDS = ("pytorch", "openvino")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTIONS = ("sdpa", "eager")
 QUANTIZE = ("auto", "none", "int8")
+OV_WEIGHTS = ("fp32", "fp16", "int8", "int4")
 
 
 class SettingsError(ValueError):
@@ -59,6 +60,7 @@ class Settings:
     samples_per_chunk: int = 1024
     max_text_chars: int = 5000
     ov_device: str = "CPU"
+    ov_weights: str = "int8"  # weight format of an export made on first start
     ov_model_dir: Path | None = None
     ov_cache_dir: Path | None = None
     debug: bool = False
@@ -133,6 +135,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "samples_per_chunk": (("QWEN3TTS_SAMPLES_PER_CHUNK",), _positive_int),
     "max_text_chars": (("QWEN3TTS_MAX_TEXT_CHARS",), _positive_int),
     "ov_device": (("QWEN3TTS_OV_DEVICE", "OV_DEVICE"), str),
+    "ov_weights": (("QWEN3TTS_OV_WEIGHTS", "OV_WEIGHTS"), _choice(OV_WEIGHTS)),
     "ov_model_dir": (("QWEN3TTS_OV_MODEL_DIR", "OV_MODEL_DIR"), _optional_path),
     "ov_cache_dir": (("QWEN3TTS_OV_CACHE_DIR", "OV_CACHE_DIR"), _optional_path),
     "debug": (("QWEN3TTS_DEBUG",), _bool),
@@ -208,9 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("samples_per_chunk", "samples per audio-chunk event", type=_positive_int)
     add("max_text_chars", "longest text accepted per request", type=_positive_int)
-    add("ov_device", "OpenVINO device (openvino backend)")
-    add("ov_model_dir", "directory of exported OpenVINO models (openvino backend)")
-    add("ov_cache_dir", "OpenVINO compiled-model cache (openvino backend)")
+    add("ov_device", "OpenVINO device: CPU, GPU or AUTO (openvino backend)")
+    add(
+        "ov_weights",
+        "weight format of the export made on first start when --ov-model-dir is not given (openvino backend)",
+        choices=OV_WEIGHTS,
+    )
+    add(
+        "ov_model_dir",
+        "directory of an export made by wyoming-qwen3tts-export-openvino; default: exported into --data-dir "
+        "on first start (openvino backend)",
+    )
+    add("ov_cache_dir", "OpenVINO compiled-model cache: later starts skip compilation (openvino backend)")
     add("debug", "log debug messages", action="store_const", const=True)
     add("log_format", "Python logging format")
     parser.add_argument("--version", action="version", version=__version__)

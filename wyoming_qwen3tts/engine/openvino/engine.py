@@ -1,0 +1,152 @@
+"""The OpenVINO backend's engine: finds or makes an export, checks it against the model, compiles it.
+
+Without --ov-model-dir the export lives in <data-dir>/openvino/<model>-<weights>
+and is made on first start (minutes, with progress in the log); later starts
+reuse it. An explicit --ov-model-dir must already hold one: the message names
+the command that makes it. With --ov-cache-dir OpenVINO keeps compiled models,
+so later starts skip compilation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...cpu import default_threads
+from ...model_files import ModelError, local_dir_for, looks_like_path, resolve_model_dir
+from ...settings import Settings
+from ..base import EngineError
+from ..prompt import CloneReference, PromptBuilder
+from ..steps import CodeLayout
+from ..streaming import EngineParts, StreamingEngine
+from .export import ExportError, export_command, export_model, read_manifest, source_fingerprint
+from .runtime import OpenVINOSteps, compile_config, exported_tables
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ExportedReferenceEncoder:
+    """Clones a voice with the exported speaker and codec encoders (compiled on first use)."""
+
+    def __init__(self, export_dir: Path, core, config: dict, device: str) -> None:
+        from .encoders import OpenVINOEncoders
+
+        self._encoders = OpenVINOEncoders(export_dir, core, config, device)
+
+    def clone_reference(self, waveform: np.ndarray, rate: int, transcript: str | None) -> CloneReference:
+        codes = self._encoders.reference_codes(waveform, rate) if transcript else None
+        return CloneReference(codes, self._encoders.speaker_embedding(waveform, rate), transcript)
+
+
+def default_export_dir(settings: Settings) -> Path:
+    """Where an export made on first start lives: one per model and weight format."""
+    name = Path(settings.model.rstrip("/")).name
+    return settings.data_dir / "openvino" / f"{name}-{settings.ov_weights}"
+
+
+def _model_dir_if_present(settings: Settings) -> Path | None:
+    """The local model directory, or None where only an export of it is here."""
+    if (
+        looks_like_path(settings.model)
+        or (local_dir_for(settings.model, settings.data_dir) / "config.json").is_file()
+    ):
+        return resolve_model_dir(settings.model, settings.data_dir)
+    return None
+
+
+def find_export(settings: Settings, model_dir: Path | None = None) -> Path:
+    """The export directory to serve, made first where the settings allow; checked against the model."""
+    explicit = settings.ov_model_dir is not None
+    export_dir = settings.ov_model_dir if explicit else default_export_dir(settings)
+    assert export_dir is not None
+    if model_dir is None:
+        model_dir = _model_dir_if_present(settings)
+    if not (export_dir / "manifest.json").is_file():
+        if explicit:
+            raise EngineError(
+                f"--ov-model-dir {export_dir} holds no OpenVINO export; make one with: "
+                f"{export_command(settings.model, export_dir)} (or drop --ov-model-dir to export into "
+                f"{settings.data_dir} on first start)",
+                "no-export",
+            )
+        if model_dir is None:
+            model_dir = resolve_model_dir(settings.model, settings.data_dir)  # downloads, or says how
+        _LOGGER.info(
+            "No OpenVINO export of %s yet: exporting to %s (once; this takes minutes)", model_dir, export_dir
+        )
+        export_model(model_dir, export_dir, settings.ov_weights, progress=_LOGGER.info)
+    try:
+        manifest = read_manifest(export_dir)
+    except ExportError as err:
+        raise EngineError(
+            f"{err}; make it again with: {export_command(settings.model, export_dir)}", "no-export"
+        ) from None
+    source = manifest["source"]
+    if model_dir is not None:
+        if source_fingerprint(model_dir, source) != source["fingerprint"]:
+            raise EngineError(
+                f"the OpenVINO export in {export_dir} was made from another model than {model_dir} "
+                f"(made from {source['path']}); make it again with: "
+                f"{export_command(str(model_dir), export_dir)}",
+                "export-mismatch",
+            )
+    elif Path(source["path"]).name != Path(settings.model.rstrip("/")).name:
+        raise EngineError(
+            f"the OpenVINO export in {export_dir} was made from {source['path']}, not {settings.model}; "
+            f"pass the --model it was made from, or make it again with: "
+            f"{export_command(settings.model, export_dir)}",
+            "export-mismatch",
+        )
+    return export_dir
+
+
+class OpenVINOEngine(StreamingEngine):
+    """Qwen3-TTS on OpenVINO: exported steps, the same loop, voices and streaming as every backend."""
+
+    def __init__(self, settings: Settings, model_dir: Path | None = None) -> None:
+        import openvino as ov
+
+        try:
+            export_dir = find_export(settings, model_dir)
+        except (ExportError, ModelError) as err:
+            raise EngineError(str(err), "no-export") from None
+        started = time.monotonic()
+        manifest = read_manifest(export_dir)
+        threads = settings.threads or default_threads()
+        # torch only draws codes and looks up embeddings here: one thread, so that no OpenMP team spins
+        # on the cores OpenVINO's threads need (measured: it made every OpenVINO step 3-4x slower).
+        torch.set_num_threads(1)
+        core = ov.Core()
+        if settings.ov_cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(settings.ov_cache_dir)})
+        device = settings.ov_device
+        config = compile_config(device, threads)
+        prompts = PromptBuilder.from_model_dir(exported_tables(export_dir), export_dir)
+        layout = CodeLayout.from_config(prompts.model_config["talker_config"], int(manifest["max_positions"]))
+        try:
+            steps = OpenVINOSteps(export_dir, core, device, config, layout)
+            from .codec import OpenVINOCodec
+
+            codec = OpenVINOCodec(export_dir / "codec.xml", core, config, device)
+        except RuntimeError as err:  # OpenVINO's own errors: an unknown device, a broken file
+            reason = str(err).strip().splitlines()[-1][:300]
+            raise EngineError(
+                f"OpenVINO could not compile {export_dir} for {device}: {reason}", "bad-settings"
+            ) from None
+        base = manifest["model_kind"] == "base"
+        fingerprint = manifest.get("clone_fingerprint") or manifest["source"]["fingerprint"]
+        parts = EngineParts(
+            steps=steps,
+            prompts=prompts,
+            codec=codec,
+            encoder=ExportedReferenceEncoder(export_dir, core, config, device) if base else None,
+            clone_fingerprint=lambda: fingerprint,
+            description=f"OpenVINO {ov.__version__} on {device}, {manifest['weights']} weights; "
+            f"{threads} threads",
+        )
+        self.export_dir = export_dir
+        super().__init__(export_dir, settings, parts, started)
