@@ -41,6 +41,11 @@ class BenchmarkSetting:
     path: str  # "stock", "engine", or "server" (python -m wyoming_qwen3tts over loopback)
     dtype: str
     quantize: str = "none"
+    weights: str = ""  # OpenVINO export weights; empty for the PyTorch backend
+
+    @property
+    def backend(self) -> str:
+        return "openvino" if self.weights else "pytorch"
 
 
 SETTINGS = {
@@ -52,6 +57,10 @@ SETTINGS = {
         BenchmarkSetting("engine-bfloat16", "engine", "bfloat16"),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
+        BenchmarkSetting("openvino-fp16", "engine", "auto", weights="fp16"),
+        BenchmarkSetting("openvino-int8", "engine", "auto", weights="int8"),
+        BenchmarkSetting("openvino-int4", "engine", "auto", weights="int4"),
+        BenchmarkSetting("server-openvino-int8", "server", "auto", weights="int8"),
     )
 }
 
@@ -121,6 +130,7 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         greedy=True,
         max_frames=frames,
         warmup=False,
+        **openvino_settings(setting, model_dir),
     )
     started = time.perf_counter()
     engine = create_engine(settings, model_dir)
@@ -137,7 +147,7 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
             first = time.perf_counter() - started
         samples += len(chunk) // 2
     total_s = time.perf_counter() - started
-    return {
+    result = {
         "profile_ms_per_frame": profile_engine(engine, voice, frames),
         "load_s": load_s,
         "first_audio_s": first,
@@ -145,6 +155,57 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         "samples": samples,
         "precision": precision.describe() if precision else settings.dtype,
     }
+    if setting.backend == "openvino":
+        result["precision"] = openvino_notes(engine, settings, model_dir)
+    return result
+
+
+def openvino_settings(setting: BenchmarkSetting, model_dir: Path) -> dict:
+    """The export a setting serves (made by the parent process) and a fresh compile cache."""
+    if setting.backend != "openvino":
+        return {}
+    import tempfile
+
+    return {
+        "backend": "openvino",
+        "ov_model_dir": export_dir_for(model_dir, setting.weights),
+        "ov_cache_dir": Path(tempfile.mkdtemp(prefix="ov-cache-")),
+    }
+
+
+def openvino_notes(engine, settings, model_dir: Path) -> str:
+    """Weights, export time, and the load time of a second start that finds the compile cache."""
+    from .engine.factory import create_engine
+    from .engine.openvino.export import read_manifest
+
+    manifest = read_manifest(settings.ov_model_dir)
+    peak = peak_rss_gb()  # before the second engine exists
+    del engine
+    import gc
+
+    gc.collect()
+    started = time.perf_counter()
+    create_engine(settings, model_dir)
+    cached = time.perf_counter() - started
+    os.environ["BENCHMARK_PEAK_RSS_GB"] = f"{peak}"
+    return (
+        f"OpenVINO {manifest['weights']} weights; export {manifest.get('export_seconds', 0):.0f} s; "
+        f"load with compile cache {cached:.1f} s"
+    )
+
+
+def export_dir_for(model_dir: Path, weights: str) -> Path:
+    return model_dir.parent / "openvino" / f"{model_dir.name}-{weights}"
+
+
+def ensure_export(model_dir: Path, weights: str) -> Path:
+    """Export the benchmark model once per weight format (a child process, so its memory is its own)."""
+    output = export_dir_for(model_dir, weights)
+    if not (output / "manifest.json").is_file():
+        print(f"Exporting {model_dir} to {output} ({weights})", file=sys.stderr)
+        command = [sys.executable, "-m", "wyoming_qwen3tts.engine.openvino.export", "--model", str(model_dir)]
+        subprocess.run([*command, "--output", str(output), "--weights", weights], check=True)
+    return output
 
 
 def profile_engine(engine, voice, frames: int) -> dict[str, float]:
@@ -161,9 +222,9 @@ def profile_engine(engine, voice, frames: int) -> dict[str, float]:
 
         return run
 
-    generator = engine.frame_generator
-    generator.talker_stack.forward = timed("talker step", generator.talker_stack.forward)
-    generator.predictor_stack.forward = timed("code predictor (15 steps)", generator.predictor_stack.forward)
+    steps = engine.parts.steps
+    steps.talker = timed("talker step", steps.talker)
+    steps.predictor = timed("code predictor (15 steps)", steps.predictor)
     make_decoder = engine._decoder_for
 
     def decoder_for(voice):
@@ -177,7 +238,7 @@ def profile_engine(engine, voice, frames: int) -> dict[str, float]:
         samples = sum(len(chunk) // 2 for chunk in engine.synthesize(TEXT, voice, "english"))
         total = time.perf_counter() - started
     finally:
-        del generator.talker_stack.forward, generator.predictor_stack.forward, engine._decoder_for
+        del steps.talker, steps.predictor, engine._decoder_for
     count = max(1, round(samples / 1920))
     profile = {name: 1000 * seconds / count for name, seconds in spent.items()}
     profile["rest (sampling, embeddings, prompt)"] = 1000 * total / count - sum(profile.values())
@@ -207,6 +268,13 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     ]
     command += ["--threads", str(threads), "--greedy", "--max-frames", str(frames), "--dtype", setting.dtype]
     command += ["--quantize", setting.quantize]
+    if setting.backend == "openvino":
+        command += [
+            "--backend",
+            "openvino",
+            "--ov-model-dir",
+            str(export_dir_for(model_dir, setting.weights)),
+        ]
     started = time.perf_counter()
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -249,7 +317,8 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         "total_s": total,
         "samples": samples,
         "server_peak_rss_gb": peak_kb / 1024 / 1024,
-        "precision": f"server, --dtype {setting.dtype} --quantize {setting.quantize}",
+        "precision": f"server, --dtype {setting.dtype} --quantize {setting.quantize}"
+        + (f" --backend openvino ({setting.weights} export)" if setting.weights else ""),
     }
 
 
@@ -263,7 +332,9 @@ def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
         frames=round(audio_s / FRAME_SECONDS),
         audio_s=audio_s,
         rtf=result["total_s"] / audio_s,
-        peak_rss_gb=result.pop("server_peak_rss_gb", None) or peak_rss_gb(),
+        peak_rss_gb=result.pop("server_peak_rss_gb", None)
+        or float(os.environ.get("BENCHMARK_PEAK_RSS_GB", 0))
+        or peak_rss_gb(),
     )
     return result
 
@@ -284,17 +355,21 @@ def ensure_model(model_dir: Path) -> Path:
 
 
 def table(results: list[dict]) -> str:
+    """The markdown table: ratios to stock float32 and to the fastest PyTorch row of the same run."""
     baseline = next((r for r in results if r["name"] == BASELINE), None)
+    pytorch = [r for r in results if not SETTINGS[r["name"]].weights and SETTINGS[r["name"]].path != "stock"]
+    best = min(pytorch, key=lambda r: r["rtf"], default=None)
     lines = [
         "| setting | load s | peak RSS GB | first audio s | real-time factor | speed-up vs stock float32 "
-        "| formats |",
-        "|---|---|---|---|---|---|---|",
+        "| vs best PyTorch | formats |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         speedup = f"{baseline['rtf'] / r['rtf']:.2f}x" if baseline else "n/a"
+        versus = f"{best['rtf'] / r['rtf']:.2f}x" if best else "n/a"
         lines.append(
             f"| {r['name']} | {r['load_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['first_audio_s']:.2f} | "
-            f"{r['rtf']:.2f} | {speedup} | {r['precision']} |"
+            f"{r['rtf']:.2f} | {speedup} | {versus} | {r['precision']} |"
         )
     return "\n".join(lines)
 
@@ -326,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU: {cpu_name()}; {args.threads} threads; "
         f"{args.frames} frames ({args.frames * FRAME_SECONDS:.2f} s)"
     )
+    for weights in sorted({SETTINGS[n].weights for n in names} - {""}):
+        ensure_export(model_dir, weights)
     results = []
     for name in names:
         child = [sys.executable, "-m", "wyoming_qwen3tts.benchmark", "--one", name, "--model", str(model_dir)]
