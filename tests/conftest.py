@@ -48,6 +48,38 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def ov_exports(tiny_models, tmp_path_factory) -> dict[tuple[str, ...], Path]:
+    """OpenVINO exports of the tiny models, made lazily once per session: ov_exports["base", "fp32"].
+
+    ov_exports[kind, weights, "steps"] is an export without the codec and the cloning encoders, for
+    tests that run only the talker and predictor steps (about a third faster to make); where the full
+    export of that (kind, weights) exists already, it is that.
+    """
+    root = tmp_path_factory.mktemp("openvino")
+
+    class Exports(dict):
+        def __missing__(self, key: tuple[str, ...]) -> Path:
+            from wyoming_qwen3tts.engine.openvino import codec, encoders
+            from wyoming_qwen3tts.engine.openvino.export import export_model
+
+            kind, weights, *steps_only = key
+            if steps_only and (kind, weights) in self:
+                return self[kind, weights]
+            with pytest.MonkeyPatch.context() as patch:
+                if steps_only:
+                    patch.setattr(codec, "export_codec", lambda *args, **kwargs: None)
+                    patch.setattr(encoders, "export_encoders", lambda *args, **kwargs: None)
+                started = time.monotonic()
+                name = "-".join(key)
+                path = export_model(tiny_models[kind], root / name, weights, progress=lambda _: None)
+            print(f"\nexported {name} in {time.monotonic() - started:.0f} s")
+            self[key] = path
+            return path
+
+    return Exports()
+
+
+@pytest.fixture(scope="session")
 def voices_dir(tmp_path_factory) -> Path:
     """A voices directory with one in-context clone (audio + transcript) and one audio-only clone."""
     path = tmp_path_factory.mktemp("voices")

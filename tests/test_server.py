@@ -229,7 +229,7 @@ def test_voice_design_model_speaks_its_default_voice(tiny_models):
     [
         (["--model", "/nonexistent/model"], 1, "does not exist"),
         (["--dtype", "int3"], 2, "--dtype"),
-        (["--backend", "openvino", "--model", "/tmp"], 2, "not available yet"),
+        (["--backend", "ipex", "--model", "/tmp"], 2, "not available yet"),
         (
             ["--model", "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice", "--data-dir", "/nonexistent"],
             1,

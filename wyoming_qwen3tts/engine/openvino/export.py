@@ -105,7 +105,7 @@ def source_fingerprint(model_dir: Path, known: dict[str, Any] | None = None) -> 
 # --- the pieces -----------------------------------------------------------------------------------------
 
 
-def _compress(model: Any, weights: str, ratio_backup: bool = True) -> Any:
+def _compress(model: Any, weights: str) -> Any:
     """NNCF weight compression of a graph's matrix products (fp32/fp16: none here, fp16 at save)."""
     if weights in ("fp32", "fp16"):
         return model
@@ -113,8 +113,17 @@ def _compress(model: Any, weights: str, ratio_backup: bool = True) -> Any:
 
     if weights == "int8":
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
-    # int4 in groups of 128; NNCF keeps the last matrix product (the talker's head) in int8.
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0)
+    # int4 in groups of 128 (smaller where a width is no multiple of 128); NNCF keeps the last matrix
+    # product (the talker's head) in int8.
+    return nncf.compress_weights(
+        model,
+        mode=nncf.CompressWeightsMode.INT4_SYM,
+        group_size=128,
+        ratio=1.0,
+        advanced_parameters=nncf.AdvancedCompressionParameters(
+            group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST
+        ),
+    )
 
 
 def _save(model: Any, path: Path, weights: str) -> None:
