@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from wyoming_qwen3tts.engine.decoder import MAX_FRAMES_PER_PASS, DecoderState, StreamingDecoder
+from wyoming_qwen3tts.engine.decoder import MAX_FRAMES_PER_PASS, DecoderState, StreamingDecoder, TorchCodec
 from wyoming_qwen3tts.qwen_import import import_qwen_tts
 
 FRAMES = 90  # longer than the 72-frame attention window and upstream's 25 frames of context
@@ -178,3 +178,44 @@ def test_bfloat16(codes):
     assert wav.dtype == torch.float32
     # bfloat16 keeps 8 bits: different op orders round differently, so only close, not equal.
     assert snr_db(whole(half, codes), wav) > 30  # about 35 dB, as close as bf16 whole is to float32
+
+
+# --- TorchCodec: the pure step under StreamingDecoder ------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 5, 11])
+def test_torch_codec_chunks_equal_whole_utterance(decoder, codes, reference, chunk):
+    step = TorchCodec(decoder)
+    state, pieces = step.initial_state(), []
+    for start in range(0, FRAMES, chunk):
+        piece, state = step.decode(codes[..., start : start + chunk], state)
+        pieces.append(piece)
+    assert state.frames == FRAMES
+    assert (torch.cat(pieces) - reference).abs().max() < 1e-5
+
+
+def test_torch_codec_leaves_the_state_it_was_given(decoder, codes):
+    step = TorchCodec(decoder)
+    _, state = step.decode(codes[..., :75], step.initial_state())  # caches full, conv contexts set
+    before = [t.clone() for t in state.tensors()]
+    first, after = step.decode(codes[..., 75:83], state)
+    assert after is not state and after.frames == 83 and state.frames == 75
+    assert all(torch.equal(a, b) for a, b in zip(before, state.tensors(), strict=True))
+    assert all(t.abs().sum() == 0 for t in step.initial_state().tensors())
+    again, _ = step.decode(codes[..., 75:83], state)  # the same state decodes the same again
+    assert torch.equal(first, again)
+
+
+def test_copies_share_the_step_but_not_the_state(decoder, codes, reference):
+    stream = StreamingDecoder(TorchCodec(decoder))
+    stream.decode(codes[..., :20])
+    twin = stream.copy()
+    assert twin.step is stream.step
+    # Interleaved: each stream continues from its own state only.
+    a1 = stream.decode(codes[..., 20:23])
+    b1 = twin.decode(codes[..., 20:21])
+    a2 = stream.decode(codes[..., 23:31])
+    b2 = twin.decode(codes[..., 21:31])
+    assert (torch.cat([a1, a2]) - torch.cat([b1, b2])).abs().max() < 1e-5
+    assert (torch.cat([a1, a2]) - reference[20 * SAMPLES : 31 * SAMPLES]).abs().max() < 1e-5
+    assert stream.frames == twin.frames == 31

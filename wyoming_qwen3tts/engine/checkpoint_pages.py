@@ -10,7 +10,9 @@ kernel we are done with them (madvise MADV_DONTNEED) drops them from the
 resident set; a tensor still in the mapping reads its page back from the page
 cache on its next use (the text embedding touches one row per prompt token).
 A mapping with a page written to it (copy-on-write) is left alone: dropping it
-would undo the write.
+would undo the write. OpenVINO maps an export's .bin files the same way and
+repacks the weights on first inference: the mapped pages are then the same
+kind of dead weight.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 _LOGGER = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4  # linux/mman-common.h
-CHECKPOINT_SUFFIXES = (".safetensors",)
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin")  # transformers' checkpoints; OpenVINO's weight files
 _MAPPING_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$")
 
 

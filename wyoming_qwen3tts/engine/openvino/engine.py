@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from ...cpu import default_threads
 from ...model_files import ModelError, local_dir_for, looks_like_path, resolve_model_dir
 from ...settings import Settings
 from ..base import EngineError
+from ..checkpoint_pages import release_checkpoint_pages
 from ..prompt import CloneReference, PromptBuilder
 from ..steps import CodeLayout
 from ..streaming import EngineParts, StreamingEngine
@@ -150,3 +152,27 @@ class OpenVINOEngine(StreamingEngine):
         )
         self.export_dir = export_dir
         super().__init__(export_dir, settings, parts, started)
+        self._prime(steps, codec)
+
+    def _prime(self, steps: OpenVINOSteps, codec: Any) -> None:
+        """Run each graph once, handing back the pages of the mapped .bin files after each.
+
+        OpenVINO repacks weights on a graph's first inference and keeps reading
+        the repacked copy; the mapped file's pages (as large as the weights) would
+        otherwise stay resident beside it for good. One graph at a time keeps the
+        peak to one graph's weights twice, not all of them.
+        """
+        layout = steps.layout
+        width = self.prompts.tables.codec(torch.tensor([0])).shape[-1]
+        released = 0
+        _, hidden = steps.talker(torch.zeros(1, 1, width), 0, steps.new_talker_cache(2))
+        released += release_checkpoint_pages()
+        predictor = steps.new_predictor_cache()
+        x = torch.cat((hidden, torch.zeros(1, 1, width)), dim=1)
+        for group in range(layout.num_groups - 1):
+            steps.predictor(x, 0 if group == 0 else group + 1, predictor, group)
+            x = torch.zeros(1, 1, width)
+        released += release_checkpoint_pages()
+        codec.decode(torch.zeros(1, layout.num_groups, 1, dtype=torch.long), codec.initial_state())
+        released += release_checkpoint_pages()
+        _LOGGER.debug("Released %.0f MB of mapped OpenVINO weights", released / 1024)
