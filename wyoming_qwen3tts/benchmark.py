@@ -317,8 +317,9 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         "total_s": total,
         "samples": samples,
         "server_peak_rss_gb": peak_kb / 1024 / 1024,
-        "precision": f"server, --dtype {setting.dtype} --quantize {setting.quantize}"
-        + (f" --backend openvino ({setting.weights} export)" if setting.weights else ""),
+        "precision": f"server, --backend openvino ({setting.weights} export)"
+        if setting.weights
+        else f"server, --dtype {setting.dtype} --quantize {setting.quantize}",
     }
 
 
