@@ -96,6 +96,28 @@ def voices_dir(tmp_path_factory) -> Path:
     return path
 
 
+def snr_db(reference, other) -> float:
+    """Signal-to-noise ratio of other against reference (numpy arrays or CPU tensors), in dB."""
+    reference = np.asarray(reference, dtype=np.float64)
+    noise = np.sum((reference - np.asarray(other, dtype=np.float64)) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference**2) / noise))
+
+
+def cosines(a: list, b: list):
+    """Cosine similarity of each pair of logits tensors; -inf (masked) entries count as 0."""
+    import torch
+
+    def finite(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+    return torch.stack(
+        [
+            torch.nn.functional.cosine_similarity(finite(x), finite(y), dim=0)
+            for x, y in zip(a, b, strict=True)
+        ]
+    )
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))

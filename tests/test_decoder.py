@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import snr_db
 
 from wyoming_qwen3tts.engine.decoder import MAX_FRAMES_PER_PASS, DecoderState, StreamingDecoder, TorchCodec
 from wyoming_qwen3tts.qwen_import import import_qwen_tts
@@ -77,11 +78,6 @@ def streamed(stream: StreamingDecoder, codes: torch.Tensor, chunks=CHUNKS) -> to
         start += size
     assert start == codes.shape[-1]
     return torch.cat(pieces)
-
-
-def snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
-    error = (test.double() - reference.double()).pow(2).sum()
-    return float(10 * torch.log10(reference.double().pow(2).sum() / error.clamp(min=1e-30)))
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import snr_db
 
 from wyoming_qwen3tts.engine.pytorch import PyTorchEngine, to_pcm16
 from wyoming_qwen3tts.qwen_import import import_qwen_tts
 from wyoming_qwen3tts.settings import Settings
 
 TEXT = "Hello there, this is a test."
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = np.sum((reference - other) ** 2)
-    return float("inf") if noise == 0 else 10 * np.log10(np.sum(reference**2) / noise)
 
 
 def test_greedy_streamed_audio_equals_qwen_tts_generate(tiny_models):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_reference import capture_prompt
 
-from wyoming_qwen3tts.engine.loop import FrameGenerator, SamplingOptions, capture_prompt
+from wyoming_qwen3tts.engine.loop import FrameGenerator, SamplingOptions
 from wyoming_qwen3tts.engine.prompt import TorchEmbeddingTables
 from wyoming_qwen3tts.engine.torch_steps import TorchSteps
 from wyoming_qwen3tts.qwen_import import import_qwen_tts

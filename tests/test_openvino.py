@@ -19,6 +19,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from conftest import cosines, snr_db
 
 from wyoming_qwen3tts.engine.base import EngineError, Voice
 from wyoming_qwen3tts.engine.loop import FrameGenerator
@@ -49,23 +50,6 @@ VOICES = [
     ("base", "anna", "english"),
     ("base", "bob", "english"),
 ]
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = np.sum((reference - other) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference**2) / noise))
-
-
-def cosines(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    def finite(x: torch.Tensor) -> torch.Tensor:
-        return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-    return torch.stack(
-        [
-            torch.nn.functional.cosine_similarity(finite(x), finite(y), dim=0)
-            for x, y in zip(a, b, strict=True)
-        ]
-    )
 
 
 def settings(tmp: Path, **more) -> Settings:

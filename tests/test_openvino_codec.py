@@ -10,6 +10,7 @@ from __future__ import annotations
 import openvino as ov
 import pytest
 import torch
+from conftest import snr_db
 
 from wyoming_qwen3tts.engine.decoder import StreamingDecoder, TorchCodec
 from wyoming_qwen3tts.engine.openvino.codec import OpenVINOCodec, export_codec
@@ -20,11 +21,6 @@ ENGINE_CHUNKS = [1, 3, 8] * 4  # 36 frames
 PRIMING = 40  # reference codes decoded first: past the 72-frame window only together with the chunks
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-def snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
-    error = (test.double() - reference.double()).pow(2).sum()
-    return float(10 * torch.log10(reference.double().pow(2).sum() / error.clamp(min=1e-30)))
 
 
 @pytest.fixture(scope="module")

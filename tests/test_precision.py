@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import cosines
 
 from wyoming_qwen3tts.engine.precision import Precision, choose_precision
 from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
@@ -28,18 +29,6 @@ def reference(tiny_models):
     codes = torch.stack(list(ref.frame_generator.frames(prompt, FRAMES)))
     list(ref.frame_generator.frames(prompt, FRAMES, forced=codes, record=logits))
     return codes, logits
-
-
-def cosines(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    def finite(x: torch.Tensor) -> torch.Tensor:
-        return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-    return torch.stack(
-        [
-            torch.nn.functional.cosine_similarity(finite(x), finite(y), dim=0)
-            for x, y in zip(a, b, strict=True)
-        ]
-    )
 
 
 # (settings, kernel it needs, mean cosine at least, worst cosine at least)

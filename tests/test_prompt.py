@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from qwen_reference import capture_prompt
 
-from wyoming_qwen3tts.engine.loop import SamplingOptions, TalkerPrompt, capture_prompt
+from wyoming_qwen3tts.engine.loop import SamplingOptions, TalkerPrompt
 from wyoming_qwen3tts.engine.prompt import (
     CloneReference,
     PromptBuilder,

@@ -51,6 +51,22 @@ def audio_of(events: list[Event]) -> np.ndarray:
     return np.frombuffer(b"".join(chunks), dtype="<i2")
 
 
+def stream_as_home_assistant(uri: str, text: str, pieces: list[str], voice: str = "ryan") -> list[Event]:
+    """A streamed request as Home Assistant sends it: start, text pieces, the compatibility echo of the
+    whole text, stop; read until synthesize-stopped."""
+    wanted = SynthesizeVoice(name=voice)
+    return asyncio.run(
+        send(
+            uri,
+            SynthesizeStart(voice=wanted).event(),
+            *[SynthesizeChunk(text=piece).event() for piece in pieces],
+            Synthesize(text=text, voice=wanted).event(),
+            SynthesizeStop().event(),
+            until=lambda e: SynthesizeStopped.is_type(e.type),
+        )
+    )
+
+
 def is_audio_stop(event: Event) -> bool:
     return AudioStop.is_type(event.type)
 
@@ -97,17 +113,8 @@ def test_home_assistant_streaming_order_speaks_each_sentence_once(custom_voice_s
         send(uri, Synthesize(text=text, voice=SynthesizeVoice(name="ryan")).event(), until=is_audio_stop)
     )
 
-    voice = SynthesizeVoice(name="ryan")
-    pieces = ["The kit", "chen light is", " on. The fr", "ont door is locked."]
-    events = asyncio.run(
-        send(
-            uri,
-            SynthesizeStart(voice=voice).event(),
-            *[SynthesizeChunk(text=piece).event() for piece in pieces],
-            Synthesize(text=text, voice=voice).event(),  # Home Assistant's compatibility echo
-            SynthesizeStop().event(),
-            until=lambda e: SynthesizeStopped.is_type(e.type),
-        )
+    events = stream_as_home_assistant(
+        uri, text, ["The kit", "chen light is", " on. The fr", "ont door is locked."]
     )
     types = [e.type for e in events]
     assert types[-1] == "synthesize-stopped"

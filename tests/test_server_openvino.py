@@ -16,14 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerProcess, running_server
-from test_server import audio_of, describe, is_audio_stop, send
+from conftest import ServerProcess, running_server, snr_db
+from test_server import audio_of, describe, is_audio_stop, send, stream_as_home_assistant
 from wyoming.tts import (
     Synthesize,
-    SynthesizeChunk,
-    SynthesizeStart,
-    SynthesizeStop,
-    SynthesizeStopped,
     SynthesizeVoice,
 )
 
@@ -31,12 +27,6 @@ FRAMES = 16
 COMMON = ["--greedy", "--no-warmup", "--max-frames", str(FRAMES), "--threads", "1"]
 TEXT = "The kitchen light is on. The front door is locked."
 EXPORT_TIMEOUT = 900  # an export on first start: about a minute alone, several on a busy machine
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    reference, other = reference.astype(np.float64), other.astype(np.float64)
-    noise = np.sum((reference - other) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference**2) / noise))
 
 
 def speak(uri: str, text: str, voice: str | None = None) -> np.ndarray:
@@ -97,17 +87,8 @@ def test_synthesis_is_the_pytorch_servers_audio(first_start, pytorch_server, voi
 def test_streaming_synthesis_speaks_the_one_shot_audio(first_start):
     server, _ = first_start
     one_shot = speak(server.uri, TEXT, "ryan")
-    voice = SynthesizeVoice(name="ryan")
-    pieces = ["The kit", "chen light is", " on. The fr", "ont door is locked."]
-    events = asyncio.run(
-        send(
-            server.uri,
-            SynthesizeStart(voice=voice).event(),
-            *[SynthesizeChunk(text=piece).event() for piece in pieces],
-            Synthesize(text=TEXT, voice=voice).event(),  # Home Assistant's compatibility echo
-            SynthesizeStop().event(),
-            until=lambda e: SynthesizeStopped.is_type(e.type),
-        )
+    events = stream_as_home_assistant(
+        server.uri, TEXT, ["The kit", "chen light is", " on. The fr", "ont door is locked."]
     )
     types = [e.type for e in events]
     assert types[-1] == "synthesize-stopped"

@@ -1,20 +1,16 @@
 """Our own generation loop: talker step -> code predictor -> one frame of 16 codes, yielded at once.
 
 qwen-tts nests a Hugging Face generate() for the code predictor inside every
-talker step and returns codes only when the utterance is done. Here both
-transformer stacks run on the qwen-tts modules' own weights through a lean
-step with preallocated KV caches, and each frame is yielded as soon as its
-16 codes exist, so audio can be decoded while the rest is still generated.
-
-The prompt (speaker, language, text embeddings) is built by qwen-tts itself:
-`capture_prompt` runs its generate_* call up to the point where it would
-start the talker's generate() and takes the embeddings it prepared.
+talker step and returns codes only when the utterance is done. Here a
+backend's steps (engine/steps.py) run the two transformer stacks one token at
+a time, and each frame is yielded as soon as its 16 codes exist, so audio can
+be decoded while the rest is still generated. The prompt comes from
+engine/prompt.py; drawing codes and the rules around them live here, once.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,48 +64,6 @@ class TalkerPrompt:
     trailing_text: torch.Tensor  # [1, N, H]
     pad_embed: torch.Tensor  # [1, 1, H]
     sampling: SamplingOptions
-
-
-class _PromptCaptured(Exception):
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        super().__init__("prompt captured")
-        self.kwargs = kwargs
-
-
-_CAPTURE_LOCK = threading.Lock()
-
-
-def capture_prompt(model: Any, call: Callable[[], Any]) -> TalkerPrompt:
-    """Run a qwen-tts generate_* call until it hands the talker its prompt, and return that prompt.
-
-    qwen-tts builds the prompt inline in Qwen3TTSForConditionalGeneration.generate
-    and then calls self.talker.generate(...); an instance attribute shadows that
-    method for the length of the call, so nothing is generated twice.
-    """
-
-    def intercept(**kwargs: Any) -> Any:
-        raise _PromptCaptured(kwargs)
-
-    talker = model.talker
-    with _CAPTURE_LOCK:
-        talker.generate = intercept
-        try:
-            call()
-        except _PromptCaptured as captured:
-            kwargs = captured.kwargs
-        else:
-            raise RuntimeError("qwen-tts did not reach the talker; is qwen-tts 0.1.1 installed?")
-        finally:
-            del talker.generate
-    embeds = kwargs["inputs_embeds"]
-    if embeds.shape[0] != 1:
-        raise ValueError("one utterance at a time")
-    return TalkerPrompt(
-        embeds=embeds,
-        trailing_text=kwargs["trailing_text_hidden"],
-        pad_embed=kwargs["tts_pad_embed"],
-        sampling=SamplingOptions.from_generate_kwargs(kwargs),
-    )
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, top_k: int, top_p: float, temperature: float, rng) -> int:
