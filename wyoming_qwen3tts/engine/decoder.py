@@ -64,6 +64,7 @@ class CodecStep(ABC):
 
     num_quantizers: int
     samples_per_frame: int
+    max_frames_per_pass: int = MAX_FRAMES_PER_PASS  # longer inputs are decoded in passes of this many
 
     @abstractmethod
     def initial_state(self) -> DecoderState:
@@ -71,7 +72,7 @@ class CodecStep(ABC):
 
     @abstractmethod
     def decode(self, codes: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """codes [1, num_quantizers, T] int64 (T <= MAX_FRAMES_PER_PASS) after `state` -> the T *
+        """codes [1, num_quantizers, T] int64 (T <= max_frames_per_pass) after `state` -> the T *
         samples_per_frame float32 samples at 24 kHz and the state after them; `state` is left unchanged."""
 
 
@@ -117,8 +118,9 @@ class StreamingDecoder:
             raise ValueError(f"expected codes [T, {self.num_quantizers}] or [1, {self.num_quantizers}, T]")
         codes = codes.to(torch.long)
         wavs = []
-        for start in range(0, codes.shape[2], MAX_FRAMES_PER_PASS):
-            wav, self.state = self.step.decode(codes[..., start : start + MAX_FRAMES_PER_PASS], self.state)
+        per_pass = self.step.max_frames_per_pass
+        for start in range(0, codes.shape[2], per_pass):
+            wav, self.state = self.step.decode(codes[..., start : start + per_pass], self.state)
             wavs.append(wav)
         if not wavs:
             return torch.zeros(0)
