@@ -148,7 +148,7 @@ def _convert_step(module: torch.nn.Module, hidden: int, kv_heads: int, head_dim:
     for index, (past_name, present_name) in enumerate(names):
         model.inputs[1 + index].get_tensor().set_names({past_name})
         model.outputs[outputs + index].get_tensor().set_names({present_name})
-    for index, name in enumerate(("logits", "hidden")[-outputs:] if outputs == 1 else ("logits", "hidden")):
+    for index, name in enumerate(("logits", "hidden")[-outputs:]):  # the predictor step has no logits
         model.outputs[index].get_tensor().set_names({name})
     apply_make_stateful_transformation(model, dict(names))
     return model

@@ -5,7 +5,7 @@ a converted graph instead takes each layer's past keys and values as inputs
 and returns them with the new ones appended. `make_stateful` (in export.py)
 then turns those pairs into OpenVINO state, which the CPU plugin updates in
 place with its fused attention. Each module does the same math as
-torch_steps.DecoderStack.forward (checked by tests/test_openvino_steps.py);
+torch_steps.DecoderStack.forward (tests/test_openvino.py compares their codes and logits);
 the position of a step is the length of its past, so no position input exists.
 """
 
