@@ -60,8 +60,9 @@ def _model_dir_if_present(settings: Settings) -> Path | None:
     return None
 
 
-def find_export(settings: Settings, model_dir: Path | None = None) -> Path:
-    """The export directory to serve, made first where the settings allow; checked against the model."""
+def find_export(settings: Settings, model_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """The export directory to serve and its manifest, made first where the settings allow; checked
+    against the model."""
     explicit = settings.ov_model_dir is not None
     export_dir = settings.ov_model_dir if explicit else default_export_dir(settings)
     assert export_dir is not None
@@ -103,7 +104,7 @@ def find_export(settings: Settings, model_dir: Path | None = None) -> Path:
             f"{export_command(settings.model, export_dir)}",
             "export-mismatch",
         )
-    return export_dir
+    return export_dir, manifest
 
 
 class OpenVINOEngine(StreamingEngine):
@@ -113,11 +114,10 @@ class OpenVINOEngine(StreamingEngine):
         import openvino as ov
 
         try:
-            export_dir = find_export(settings, model_dir)
+            export_dir, manifest = find_export(settings, model_dir)
         except (ExportError, ModelError) as err:
             raise EngineError(str(err), "no-export") from None
         started = time.monotonic()
-        manifest = read_manifest(export_dir)
         threads = settings.threads or default_threads()
         # torch only draws codes and looks up embeddings here: one thread, so that no OpenMP team spins
         # on the cores OpenVINO's threads need (measured: it made every OpenVINO step 3-4x slower).
