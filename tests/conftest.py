@@ -118,6 +118,16 @@ def cosines(a: list, b: list):
     )
 
 
+def assert_logits_agree(expected: list, got: list, label: str, mean_min: float, worst_min: float) -> None:
+    """Teacher-forced logits of two runs agree: as many, and cosine at least mean_min on average and
+    worst_min everywhere; the measurement is printed (pytest -s) for notes."""
+    similarity = cosines(expected, got)
+    print(f"{label}: mean cosine {similarity.mean():.5f}, worst {similarity.min():.5f}")
+    assert len(got) == len(expected)
+    assert similarity.mean() >= mean_min
+    assert similarity.min() >= worst_min
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
