@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,9 +36,22 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from . import __version__
 from .engine.base import Engine, EngineError, Voice
 from .inference import InferenceQueue
-from .languages import AUTO, to_bcp47, to_model_language
-from .text import SentenceBuffer, normalize, split_sentences
-from .text.ssml import SsmlDocument, SsmlError, parse_ssml
+from .languages import AUTO, to_bcp47
+from .speech import (
+    SYNTHESIS_FAILED,
+    TEXT_FORMATS,
+    Part,
+    RequestError,
+    Speech,
+    SpeechOptions,
+    Utterance,
+    VoiceRequest,
+    describe_client,
+    find_voice,
+    read_ssml,
+    short_failure,
+)
+from .text import SentenceBuffer
 
 # InferenceQueue is re-exported: the server wiring builds one and passes it to every handler.
 __all__ = ["HandlerOptions", "InferenceQueue", "Qwen3TTSEventHandler", "RequestError", "find_voice"]
@@ -51,16 +63,10 @@ ATTRIBUTION = Attribution(
 )
 PROGRAM_DESCRIPTION = "Qwen3-TTS text to speech on the CPU"
 
-# Error codes sent to clients (an EngineError brings its own).
-UNKNOWN_VOICE = "unknown-voice"
-UNSUPPORTED_LANGUAGE = "unsupported-language"
-TEXT_TOO_LONG = "text-too-long"
+# Wyoming-only error codes (the speech layer has the others).
 NO_STREAM = "no-stream"
 STREAM_ALREADY_OPEN = "stream-already-open"
 INVALID_EVENT = "invalid-event"
-SYNTHESIS_FAILED = "synthesis-failed"
-INVALID_SSML = "invalid-ssml"
-TEXT_FORMATS = ("text", "ssml")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,45 +81,28 @@ class HandlerOptions:
     program_name: str = "qwen3-tts"
     version: str = __version__
 
-
-class RequestError(Exception):
-    """A request this server refuses; the message and code go to the client."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class VoiceRequest:
-    """What a request's voice object asks for; any part may be missing."""
-
-    name: str | None = None
-    speaker: str | None = None
-    language: str | None = None
+    def speech_options(self) -> SpeechOptions:
+        return SpeechOptions(
+            default_voice=self.default_voice,
+            default_language=self.default_language,
+            max_text_chars=self.max_text_chars,
+            normalize=self.normalize,
+        )
 
 
 @dataclass
-class _Speech:
-    """One audio response, from its audio-start to its audio-stop, and the numbers logged at its end."""
+class _Response:
+    """One audio response, from its audio-start to its audio-stop."""
 
-    voice: Voice
-    language: str
-    language_requested: bool = False  # the request named one: an SSML xml:lang does not override it
-    chars: int = 0
-    samples: int = 0
+    utterance: Utterance
     audio_started: bool = False
-    pcm_remainder: bytes = b""  # a trailing half sample, kept for the next engine chunk
-    text_ready_at: float | None = None  # when its first sentence was handed to the speaker
-    first_audio_at: float | None = None
-    synthesis_seconds: float = 0.0  # time spent waiting for the engine
 
 
 @dataclass
 class _Stream:
     """An open synthesize-start ... synthesize-stop stream."""
 
-    speech: _Speech
+    response: _Response
     sentences: SentenceBuffer = field(default_factory=SentenceBuffer)
     chars: int = 0
     ssml_parts: list[str] | None = None  # an SSML stream is read whole, at synthesize-stop
@@ -136,7 +125,8 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         super().__init__(*args, **kwargs)
         self.engine = engine
         self.options = options
-        self.inference = inference
+        self.speech = Speech(engine, options.speech_options(), inference)
+        self._client = describe_client(self.writer.get_extra_info("peername"), "wyoming")
         self._stream: _Stream | None = None
         self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._speaker: asyncio.Task[None] | None = None
@@ -194,7 +184,7 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
             return False
         except Exception as err:
             _LOGGER.exception("Failed to handle %s event", event.type)
-            await self._fail(_short_failure(err), SYNTHESIS_FAILED)
+            await self._fail(short_failure(err), SYNTHESIS_FAILED)
             return False
         return True
 
@@ -222,106 +212,59 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
 
     def _start_one_shot(self, data: dict[str, Any]) -> None:
         text = _text_of(data, "synthesize")
-        self._check_length(len(text))
-        request = _voice_request_of(data)
-        if _text_format_of(data) == "ssml":
-            document = _read_ssml(text)
-            speech = self._new_speech(request, document.language)
-            self._queue_ssml(speech, document)
-            self._queue(partial(self._finish, speech, streamed=False))
-            return
-        speech = self._new_speech(request)
+        utterance, parts = self.speech.prepare(
+            text, _text_format_of(data), _voice_request_of(data), self._client
+        )
         _LOGGER.debug(
             "Synthesize %d chars, voice %s, language %s: %r",
             len(text),
-            speech.voice.name,
-            speech.language,
+            utterance.voice.name,
+            utterance.language,
             text,
         )
-        for sentence in split_sentences(text):
-            self._queue_sentence(speech, sentence)
-        self._queue(partial(self._finish, speech, streamed=False))
+        response = _Response(utterance)
+        self._queue_parts(response, parts)
+        self._queue(partial(self._finish, response, streamed=False))
 
     def _start_stream(self, data: dict[str, Any]) -> None:
         if self._stream is not None:
             raise RequestError("A synthesis stream is already open", STREAM_ALREADY_OPEN)
-        speech = self._new_speech(_voice_request_of(data))
-        self._stream = _Stream(speech, ssml_parts=[] if _text_format_of(data) == "ssml" else None)
-        _LOGGER.debug("Synthesis stream started, voice %s, language %s", speech.voice.name, speech.language)
+        text_format = _text_format_of(data)
+        utterance = self.speech.open(_voice_request_of(data), client=self._client)
+        self._stream = _Stream(_Response(utterance), ssml_parts=[] if text_format == "ssml" else None)
+        _LOGGER.debug(
+            "Synthesis stream started, voice %s, language %s", utterance.voice.name, utterance.language
+        )
 
     def _continue_stream(self, data: dict[str, Any]) -> None:
         stream = self._open_stream("synthesize-chunk")
         text = _text_of(data, "synthesize-chunk")
         stream.chars += len(text)
-        self._check_length(stream.chars)
+        self.speech.check_length(stream.chars)
         _LOGGER.debug("Synthesize chunk: %r", text)
         if stream.ssml_parts is not None:
             stream.ssml_parts.append(text)
             return
-        for sentence in stream.sentences.feed(text):
-            self._queue_sentence(stream.speech, sentence)
+        self._queue_parts(stream.response, stream.sentences.feed(text))
 
     def _stop_stream(self) -> None:
         stream = self._open_stream("synthesize-stop")
         self._stream = None
+        utterance = stream.response.utterance
         if stream.ssml_parts is not None:
-            document = _read_ssml("".join(stream.ssml_parts))
-            if document.language and not stream.speech.language_requested:  # known only now
-                stream.speech.language = self._resolve_language(stream.speech.voice, document.language)
-            self._queue_ssml(stream.speech, document)
-        for sentence in stream.sentences.flush():
-            self._queue_sentence(stream.speech, sentence)
-        self._queue(partial(self._finish, stream.speech, streamed=True))
+            document = read_ssml("".join(stream.ssml_parts))
+            if document.language and not utterance.language_requested:  # known only now
+                utterance.language = self.speech.resolve_language(utterance.voice, document.language)
+            self._queue_parts(stream.response, self.speech.ssml_parts(utterance, document))
+        self._queue_parts(stream.response, stream.sentences.flush())
+        self._queue(partial(self._finish, stream.response, streamed=True))
 
     def _open_stream(self, event_type: str) -> _Stream:
         if self._stream is None:
             raise RequestError(f"{event_type} without synthesize-start", NO_STREAM)
         return self._stream
 
-    def _check_length(self, chars: int) -> None:
-        if chars > self.options.max_text_chars:
-            raise RequestError(f"Text is longer than {self.options.max_text_chars} characters", TEXT_TOO_LONG)
-
-    # -- voice, language, info ------------------------------------------------
-
-    def _new_speech(self, request: VoiceRequest, document_language: str | None = None) -> _Speech:
-        voice = self._resolve_voice(request)
-        requested = request.language or document_language
-        return _Speech(
-            voice=voice,
-            language=self._resolve_language(voice, requested),
-            language_requested=request.language is not None,
-        )
-
-    def _resolve_voice(self, request: VoiceRequest) -> Voice:
-        voices = self.engine.voices()
-        if not voices:
-            raise RequestError("The server has no voices", UNKNOWN_VOICE)
-        if request.name or request.speaker:
-            voice = find_voice(voices, request.name, request.speaker)
-            if voice is None:
-                wanted = request.name or request.speaker
-                raise RequestError(f"Unknown voice {wanted!r}; known: {_names(voices)}", UNKNOWN_VOICE)
-            return voice
-        if self.options.default_voice:
-            voice = find_voice(voices, self.options.default_voice, self.options.default_voice)
-            if voice is None:
-                missing = self.options.default_voice
-                raise RequestError(
-                    f"Default voice {missing!r} does not exist; known: {_names(voices)}", UNKNOWN_VOICE
-                )
-            return voice
-        return voices[0]
-
-    def _resolve_language(self, voice: Voice, requested: str | None) -> str:
-        if requested:
-            language = to_model_language(requested, tuple(self.engine.languages()))
-            if language is None:
-                raise RequestError(f"Language {requested!r} is not supported", UNSUPPORTED_LANGUAGE)
-            return language
-        if len(voice.languages) == 1:
-            return voice.languages[0]
-        return self.options.default_language
+    # -- info -------------------------------------------------------------------
 
     def _info(self) -> Info:
         all_languages = self.engine.languages()
@@ -355,24 +298,10 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
             self._speaker = asyncio.create_task(self._work_through_jobs(), name="qwen3tts speaker")
         self._jobs.put_nowait(job)
 
-    def _queue_sentence(self, speech: _Speech, sentence: str) -> None:
-        if speech.text_ready_at is None:
-            speech.text_ready_at = time.monotonic()
-        self._queue(partial(self._speak, speech, sentence))
-
-    def _queue_ssml(self, speech: _Speech, document: SsmlDocument) -> None:
-        """Queue an SSML document's sentences, with real silence wherever it has a break."""
-        if document.ignored:
-            _LOGGER.debug("SSML elements spoken without their tags: %s", ", ".join(document.ignored))
-        for segment in document.segments(speech.language):
-            for sentence in split_sentences(segment.text):
-                self._queue_sentence(speech, sentence)
-            if segment.pause_ms:
-                self._queue(partial(self._send_silence, speech, segment.pause_ms))
-
-    async def _send_silence(self, speech: _Speech, milliseconds: int) -> None:
-        samples = self.engine.sample_rate * milliseconds // 1000
-        await self._send_audio(speech, bytes(samples * self.engine.sample_width * self.engine.channels))
+    def _queue_parts(self, response: _Response, parts: Iterable[Part]) -> None:
+        for part in parts:
+            self.speech.mark_text_ready(response.utterance)
+            self._queue(partial(self._speak, response, part))
 
     async def _work_through_jobs(self) -> None:
         while (job := await self._jobs.get()) is not None:
@@ -387,55 +316,37 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
                 return
             except Exception as err:
                 _LOGGER.exception("Synthesis failed")
-                await self._fail_and_close(_short_failure(err), SYNTHESIS_FAILED)
+                await self._fail_and_close(short_failure(err), SYNTHESIS_FAILED)
                 return
 
-    async def _speak(self, speech: _Speech, sentence: str) -> None:
-        """Synthesize one sentence, writing its audio as the engine produces it."""
-        speech.chars += len(sentence)
-        if self.options.normalize:
-            try:
-                sentence = normalize(sentence, speech.language)
-            except Exception:  # a rule that trips on odd text must not cost the sentence its audio
-                _LOGGER.warning("Could not normalise %r; speaking it as written", sentence, exc_info=True)
-            if not sentence:  # only markup or emoji
-                return
-        _LOGGER.debug("Speaking sentence with %s: %r", speech.voice.name, sentence)
-        chunks = self.inference.iterate(self.engine.synthesize, sentence, speech.voice, speech.language)
-        async with aclosing(chunks):
-            waiting_since = time.monotonic()
+    async def _speak(self, response: _Response, part: Part) -> None:
+        """Synthesize one sentence (or pause), writing its audio as the engine produces it."""
+        async with aclosing(self.speech.render(response.utterance, part)) as chunks:
             async for pcm in chunks:
-                speech.synthesis_seconds += time.monotonic() - waiting_since
-                await self._send_audio(speech, pcm)
-                waiting_since = time.monotonic()
-            speech.synthesis_seconds += time.monotonic() - waiting_since
+                await self._send_audio(response, pcm)
 
-    async def _send_audio(self, speech: _Speech, pcm: bytes) -> None:
-        """Write engine PCM as audio-chunks of at most samples_per_chunk samples."""
-        await self._start_audio(speech)
-        sample_bytes = self.engine.sample_width * self.engine.channels
-        data = speech.pcm_remainder + bytes(pcm)
-        whole = len(data) - len(data) % sample_bytes
-        data, speech.pcm_remainder = data[:whole], data[whole:]
+    async def _send_audio(self, response: _Response, pcm: bytes) -> None:
+        """Write whole-sample PCM as audio-chunks of at most samples_per_chunk samples."""
+        await self._start_audio(response)
+        sample_bytes = self.speech.sample_bytes
+        # The speech layer has counted these samples already: the first of them is at offset.
+        offset = response.utterance.samples - len(pcm) // sample_bytes
         step = self.options.samples_per_chunk * sample_bytes
-        for offset in range(0, whole, step):
-            piece = data[offset : offset + step]
+        for start in range(0, len(pcm), step):
+            piece = pcm[start : start + step]
             await self._send(
                 AudioChunk(
                     rate=self.engine.sample_rate,
                     width=self.engine.sample_width,
                     channels=self.engine.channels,
                     audio=piece,
-                    timestamp=self._milliseconds(speech.samples),
+                    timestamp=self._milliseconds(offset + start // sample_bytes),
                 )
             )
-            if speech.first_audio_at is None:
-                speech.first_audio_at = time.monotonic()
-            speech.samples += len(piece) // sample_bytes
 
-    async def _start_audio(self, speech: _Speech) -> None:
-        if not speech.audio_started:
-            speech.audio_started = True
+    async def _start_audio(self, response: _Response) -> None:
+        if not response.audio_started:
+            response.audio_started = True
             await self._send(
                 AudioStart(
                     rate=self.engine.sample_rate,
@@ -445,30 +356,13 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
                 )
             )
 
-    async def _finish(self, speech: _Speech, streamed: bool) -> None:
+    async def _finish(self, response: _Response, streamed: bool) -> None:
         """End a response: audio-stop, and synthesize-stopped after a stream."""
-        await self._start_audio(speech)
-        await self._send(AudioStop(timestamp=self._milliseconds(speech.samples)))
+        await self._start_audio(response)
+        await self._send(AudioStop(timestamp=self._milliseconds(response.utterance.samples)))
         if streamed:
             await self._send(SynthesizeStopped())
-        self._log_finished(speech)
-
-    def _log_finished(self, speech: _Speech) -> None:
-        audio_seconds = speech.samples / self.engine.sample_rate
-        if speech.first_audio_at is None or speech.text_ready_at is None:
-            first_audio = "no audio"
-        else:
-            first_audio = f"first audio after {speech.first_audio_at - speech.text_ready_at:.2f} s"
-        rtf = f"{speech.synthesis_seconds / audio_seconds:.2f}" if audio_seconds else "-"
-        _LOGGER.info(
-            "Spoke %d chars with %s (%s): %.2f s of audio, %s, real-time factor %s",
-            speech.chars,
-            speech.voice.name,
-            speech.language,
-            audio_seconds,
-            first_audio,
-            rtf,
-        )
+        self.speech.log_finished(response.utterance)
 
     def _milliseconds(self, samples: int) -> int:
         return samples * 1000 // self.engine.sample_rate
@@ -490,24 +384,6 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
     async def _fail_and_close(self, text: str, code: str) -> None:
         await self._fail(text, code)
         await self.stop()
-
-
-def find_voice(voices: Sequence[Voice], name: str | None, speaker: str | None = None) -> Voice | None:
-    """The voice called name (any case), else the one called speaker, else the first of that speaker.
-
-    A named preset ("kitchen", speaker ryan) is listed before the plain preset
-    ryan: a request for speaker ryan alone still means the voice called ryan.
-    """
-    for wanted in (name, speaker):
-        if wanted:
-            for voice in voices:
-                if voice.name.casefold() == wanted.casefold():
-                    return voice
-    if speaker:
-        for voice in voices:
-            if (voice.speaker or "").casefold() == speaker.casefold():
-                return voice
-    return None
 
 
 def _voice_request_of(data: dict[str, Any]) -> VoiceRequest:
@@ -538,13 +414,6 @@ def _text_format_of(data: dict[str, Any]) -> str:
     return str(text_format)
 
 
-def _read_ssml(text: str) -> SsmlDocument:
-    try:
-        return parse_ssml(text)
-    except SsmlError as err:
-        raise RequestError(str(err), INVALID_SSML) from None
-
-
 def _text_of(data: dict[str, Any], event_type: str) -> str:
     text = data.get("text")
     if not isinstance(text, str):
@@ -561,12 +430,3 @@ def _speakers(voice: Voice) -> list[TtsVoiceSpeaker] | None:
     if voice.speaker and voice.speaker.casefold() != voice.name.casefold():
         return [TtsVoiceSpeaker(name=voice.speaker)]
     return None
-
-
-def _names(voices: Sequence[Voice], limit: int = 20) -> str:
-    names = ", ".join(voice.name for voice in voices[:limit])
-    return names + (", ..." if len(voices) > limit else "")
-
-
-def _short_failure(err: Exception) -> str:
-    return f"Synthesis failed: {type(err).__name__}: {err}"[:200]

@@ -73,6 +73,10 @@ class Engine(ABC):
         """
         return False
 
+    def follows_instructions(self, voice: Voice) -> bool:
+        """True if a request's style instruction changes how this voice speaks."""
+        return False
+
     @abstractmethod
     def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
         """Yield 16-bit PCM chunks for text as soon as each exists.

@@ -132,6 +132,12 @@ class StreamingEngine(Engine):
     def voices(self) -> Sequence[Voice]:
         return self._catalog.voices()
 
+    def follows_instructions(self, voice: Voice) -> bool:
+        # A VoiceDesign voice is its instruction; 0.6B CustomVoice models drop a preset's (qwen-tts does).
+        if voice.kind == "design":
+            return True
+        return voice.kind == "preset" and self.prompts.follows_instructions
+
     def reload_voices(self) -> bool:
         """Rebuild the voices if a file of --voices-dir changed (a stat per file when nothing did)."""
         if not self._catalog.reload():
