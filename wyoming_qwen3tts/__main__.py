@@ -22,9 +22,11 @@ from .handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
 from .languages import AUTO, to_model_language
 from .model_files import ModelError
 from .settings import Settings, SettingsError, parse_settings
+from .speech import Speech
 
 if TYPE_CHECKING:
     from .discovery import Advertisement
+    from .http.server import HttpServer
 
 _LOGGER = logging.getLogger("wyoming_qwen3tts")
 
@@ -70,21 +72,52 @@ def load_engine(settings: Settings) -> Engine:
 
 
 async def serve(settings: Settings) -> None:
-    """Load the engine, then serve Wyoming clients until cancelled."""
+    """Load the engine, then serve Wyoming clients (and the HTTP API if asked) until cancelled."""
     inference = InferenceQueue()
+    http = None
     try:
+        if settings.http_uri:
+            # Up before the model loads, so /health can say "loading" meanwhile.
+            http = await start_http(settings)
         # All torch work, loading and warm-up included, runs on the one inference thread: each thread
         # that calls into torch gets its own OpenMP team, and a second team spinning beside the first
         # made synthesis 40 % slower on 2 cores (real-time factor 3.86 against 2.73 in one thread).
         engine = await inference.run(load_engine, settings)
-        await serve_engine(settings, engine, inference)
+        options = handler_options(settings, engine)
+        if http is not None:
+            http.state.ready(Speech(engine, options.speech_options(), inference))
+        await serve_engine(settings, engine, inference, options)
     finally:
+        if http is not None:
+            await http.stop()
         await inference.aclose()
 
 
-async def serve_engine(settings: Settings, engine: Engine, inference: InferenceQueue) -> None:
+async def start_http(settings: Settings) -> HttpServer:
+    """The OpenAI-compatible speech API on --http-uri, answering 503 until the model is ready."""
+    from .http.app import ApiState  # FastAPI and PyAV are imported only when the API is on
+    from .http.server import HttpServer, HttpStartError
+
+    state = ApiState(
+        model_name=settings.model,
+        backend=settings.backend,
+        api_key=settings.http_api_key,
+        max_requests=settings.http_max_requests,
+        voices_dir=settings.voices_dir,
+    )
+    try:
+        server = HttpServer(settings.http_uri or "", state)
+        await server.start()
+    except HttpStartError as err:
+        raise StartupError(str(err)) from None
+    return server
+
+
+async def serve_engine(
+    settings: Settings, engine: Engine, inference: InferenceQueue, options: HandlerOptions | None = None
+) -> None:
     """Serve Wyoming clients with a loaded engine until cancelled."""
-    options = handler_options(settings, engine)
+    options = options or handler_options(settings, engine)
     server = AsyncServer.from_uri(settings.uri)
     serving = asyncio.create_task(server.run(partial(Qwen3TTSEventHandler, engine, options, inference)))
     advertisement = None
@@ -157,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO, format=settings.log_format)
     if not settings.debug:
-        for noisy in ("transformers", "urllib3", "numba", "httpx", "filelock"):
+        for noisy in ("transformers", "urllib3", "numba", "httpx", "filelock", "uvicorn.error"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         asyncio.run(serve(settings))

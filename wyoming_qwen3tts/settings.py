@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from . import __version__
 from .cpu import has_native_bf16
@@ -63,6 +64,9 @@ class Settings:
     ov_weights: str = "int8"  # weight format of an export made on first start
     ov_model_dir: Path | None = None
     ov_cache_dir: Path | None = None
+    http_uri: str | None = None  # e.g. tcp://0.0.0.0:8880: also serve the OpenAI-compatible HTTP API
+    http_api_key: str | None = None  # bearer token the HTTP API asks for; None: open
+    http_max_requests: int = 4  # HTTP syntheses at once; more get 503 with Retry-After
     debug: bool = False
     log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -138,6 +142,9 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "ov_weights": (("QWEN3TTS_OV_WEIGHTS", "OV_WEIGHTS"), _choice(OV_WEIGHTS)),
     "ov_model_dir": (("QWEN3TTS_OV_MODEL_DIR", "OV_MODEL_DIR"), _optional_path),
     "ov_cache_dir": (("QWEN3TTS_OV_CACHE_DIR", "OV_CACHE_DIR"), _optional_path),
+    "http_uri": (("QWEN3TTS_HTTP_URI",), str),
+    "http_api_key": (("QWEN3TTS_HTTP_API_KEY",), str),
+    "http_max_requests": (("QWEN3TTS_HTTP_MAX_REQUESTS",), _positive_int),
     "debug": (("QWEN3TTS_DEBUG",), _bool),
     "log_format": (("QWEN3TTS_LOG_FORMAT",), str),
 }
@@ -223,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on first start (openvino backend)",
     )
     add("ov_cache_dir", "OpenVINO compiled-model cache: later starts skip compilation (openvino backend)")
+    add("http_uri", "also serve the OpenAI-compatible HTTP API here, e.g. tcp://0.0.0.0:8880 (default: off)")
+    add("http_api_key", "bearer token the HTTP API requires (default: none, the API is open)")
+    add(
+        "http_max_requests",
+        "HTTP syntheses at once; more are answered 503 with Retry-After",
+        type=_positive_int,
+    )
     add("debug", "log debug messages", action="store_const", const=True)
     add("log_format", "Python logging format")
     parser.add_argument("--version", action="version", version=__version__)
@@ -287,9 +301,23 @@ def check(settings: Settings) -> None:
         )
     if not settings.uri.startswith(("tcp://", "unix://", "stdio://")):
         raise SettingsError(f"--uri {settings.uri!r} must start with tcp://, unix:// or stdio://")
+    if settings.http_uri is not None:
+        http_address(settings.http_uri)  # raises SettingsError naming the fix
     if settings.samples_per_chunk == 0:
         raise SettingsError("--samples-per-chunk must be at least 1")
     if settings.voices_dir is not None and not settings.voices_dir.is_dir():
         raise SettingsError(
             f"--voices-dir {settings.voices_dir} is not a directory; create it or drop the flag"
         )
+
+
+def http_address(uri: str) -> tuple[str, int]:
+    """Host and port of --http-uri (tcp://HOST:PORT)."""
+    parsed = urlparse(uri)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "tcp" or not parsed.hostname or port is None:
+        raise SettingsError(f"--http-uri {uri!r} must look like tcp://0.0.0.0:8880")
+    return parsed.hostname, port

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
@@ -200,7 +200,7 @@ class Speech:
         if utterance.text_ready_at is None:
             utterance.text_ready_at = time.monotonic()
 
-    async def render(self, utterance: Utterance, part: Part) -> AsyncIterator[bytes]:
+    async def render(self, utterance: Utterance, part: Part) -> AsyncGenerator[bytes, None]:
         """Whole-sample PCM of one part, chunk by chunk as the engine makes it."""
         if isinstance(part, Pause):
             samples = self.engine.sample_rate * part.milliseconds // 1000
@@ -212,7 +212,7 @@ class Speech:
                 if whole:
                     yield whole
 
-    async def stream(self, utterance: Utterance, parts: Sequence[Part]) -> AsyncIterator[bytes]:
+    async def stream(self, utterance: Utterance, parts: Sequence[Part]) -> AsyncGenerator[bytes, None]:
         """Whole-sample PCM of every part in order."""
         self.mark_text_ready(utterance)
         for part in parts:
@@ -220,7 +220,7 @@ class Speech:
                 async for pcm in chunks:
                     yield pcm
 
-    async def _speak(self, utterance: Utterance, sentence: str) -> AsyncIterator[bytes]:
+    async def _speak(self, utterance: Utterance, sentence: str) -> AsyncGenerator[bytes, None]:
         utterance.chars += len(sentence)
         if self.options.normalize:
             try:

@@ -77,6 +77,16 @@ class Engine(ABC):
         """True if a request's style instruction changes how this voice speaks."""
         return False
 
+    def clone_voice(self, audio: bytes, transcript: str | None) -> Voice:
+        """A voice cloned from reference audio (any format librosa reads) for one request.
+
+        transcript None clones from the speaker embedding alone. Blocking (it runs
+        the encoders): callers run it on the inference thread.
+        """
+        raise EngineError(
+            f"a {self.model_kind} model cannot clone voices; serve a Base model", "cannot-clone"
+        )
+
     @abstractmethod
     def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
         """Yield 16-bit PCM chunks for text as soon as each exists.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ MAX_FRAME_CAP = 3000  # 4 minutes of speech in one sentence; the talker's positi
 # dimensions, 2 threads: 122 ms a frame in 1-frame chunks, 85 in 2, 70 in 3, 64 in 8; first audio of
 # a one-sentence prompt 397 ms with a 1-frame first chunk against 645 ms with a 2-frame one.
 CHUNK_SCHEDULE = (1, 3, 8)
+MIN_REFERENCE_SECONDS = 0.5  # shorter reference audio cannot give a speaker embedding
+REQUEST_PROMPTS_KEPT = 8  # clone prompts of recent voice-clone requests, kept for a repeat
 
 
 class ReferenceEncoder(Protocol):
@@ -82,6 +85,10 @@ class EngineParts:
     description: str  # formats and threads, for the log
 
 
+class _UnreadableAudio(ValueError):
+    """Reference audio that cannot be cloned from; the message says why."""
+
+
 def to_pcm16(waveform: np.ndarray | torch.Tensor) -> bytes:
     """Float audio in [-1, 1] to little-endian 16-bit PCM bytes."""
     clipped = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
@@ -108,6 +115,7 @@ class StreamingEngine(Engine):
         # Built once: its per-module tables are shared by every copy().
         self._fresh_decoder = StreamingDecoder(parts.codec)
         self._clone_prompts: dict[str, ClonePrompt] = {}  # by cache key: voices with the same audio share one
+        self._request_prompts: OrderedDict[str, ClonePrompt] = OrderedDict()  # HTTP voice-clone, newest last
         self._prompt_cache = ClonePromptCache(settings.data_dir / "voice-cache")
         self._fingerprint: str | None = None  # of the encoders that make clone prompts, once one is needed
         self._catalog = self._load_voices(settings)
@@ -164,16 +172,41 @@ class StreamingEngine(Engine):
         return catalog
 
     def _clone_prompt(self, entry: VoiceEntry) -> ClonePrompt:
-        """The prompt of a cloned voice: from memory, else from the disk cache, else built by the encoders."""
+        """The prompt of a cloned voice of the catalog: see _prompt_from."""
         assert entry.audio is not None
-        encoder = self.parts.encoder
-        if encoder is None:
+        if self.parts.encoder is None:
             raise VoiceError(entry.audio, entry.name, f"a {self._kind} model cannot clone voices")
-        audio = entry.audio.read_bytes()
+        try:
+            prompt = self._prompt_from(entry.audio.read_bytes(), entry.transcript, entry.name)
+        except _UnreadableAudio as err:
+            raise VoiceError(entry.audio, entry.name, str(err)) from None
+        self._clone_prompts[prompt.key] = prompt
+        return prompt
+
+    def clone_voice(self, audio: bytes, transcript: str | None) -> Voice:
+        """A voice for one request, cloned from audio it brought (the HTTP API's voice-clone)."""
+        if self.parts.encoder is None:
+            return super().clone_voice(audio, transcript)
+        try:
+            prompt = self._prompt_from(audio, transcript, "request")
+        except _UnreadableAudio as err:
+            raise EngineError(f"ref_audio {err}", "invalid-audio") from None
+        # Kept apart from the catalog's prompts, and only the last few: requests must not grow memory.
+        self._request_prompts[prompt.key] = prompt
+        self._request_prompts.move_to_end(prompt.key)
+        while len(self._request_prompts) > REQUEST_PROMPTS_KEPT:
+            self._request_prompts.popitem(last=False)
+        mode = "in-context" if transcript else "speaker embedding"
+        return Voice("cloned", "clone", f"cloned from the request ({mode})", clone_prompt=prompt)
+
+    def _prompt_from(self, audio: bytes, transcript: str | None, name: str) -> ClonePrompt:
+        """A clone prompt: from memory, else from the disk cache, else built by the encoders."""
+        encoder = self.parts.encoder
+        assert encoder is not None
         if self._fingerprint is None:
             self._fingerprint = self.parts.clone_fingerprint()
-        key = prompt_key(audio, entry.transcript, self._fingerprint)
-        known = self._clone_prompts.get(key)
+        key = prompt_key(audio, transcript, self._fingerprint)
+        known = self._clone_prompts.get(key) or self._request_prompts.get(key)
         if known is not None:
             return known
         started = time.monotonic()
@@ -187,14 +220,16 @@ class StreamingEngine(Engine):
                 waveform, rate = librosa.load(io.BytesIO(audio), sr=None, mono=True)
             except Exception as err:  # soundfile and audioread raise their own kinds
                 reason = getattr(err, "error_string", None) or err
-                raise VoiceError(
-                    entry.audio, entry.name, f"cannot be read as audio ({reason}); use wav, flac, ogg or mp3"
+                raise _UnreadableAudio(
+                    f"cannot be read as audio ({reason}); use wav, flac, ogg or mp3"
                 ) from None
-            reference = encoder.clone_reference(waveform, int(rate), entry.transcript)
+            if waveform.size < rate * MIN_REFERENCE_SECONDS:
+                raise _UnreadableAudio(f"is shorter than {MIN_REFERENCE_SECONDS} s; record a sentence or two")
+            reference = encoder.clone_reference(waveform, int(rate), transcript)
             self._prompt_cache.save(
                 key,
                 StoredPrompt(reference.speaker_embedding, reference.ref_code, reference.ref_text),
-                entry.name,
+                name,
             )
             source = "built"
         primed = None
@@ -204,8 +239,7 @@ class StreamingEngine(Engine):
             primed = self._fresh_decoder.copy()
             primed.decode(reference.ref_code)
         prompt = ClonePrompt(key, reference, primed)
-        self._clone_prompts[key] = prompt
-        _LOGGER.info("Voice %s: clone prompt %s in %.2f s", entry.name, source, time.monotonic() - started)
+        _LOGGER.info("Voice %s: clone prompt %s in %.2f s", name, source, time.monotonic() - started)
         return prompt
 
     def _decoder_for(self, voice: Voice) -> StreamingDecoder:

@@ -9,7 +9,8 @@ JSON has no comments, so keys starting with "_" are ignored anywhere.
         "grandma":  {"audio": "grandma.wav", "transcript": "Hello dear.", "languages": ["de", "en"]},
         "grandpa":  {"audio": "recordings/grandpa.flac", "description": "Grandpa (speaker embedding)"},
         "narrator": {"instruct": "A warm, calm, middle-aged female voice", "language": "en"}
-    }}
+    },
+    "openai_voices": {"alloy": "grandma", "onyx": "kitchen"}}
 
 Paths are relative to the voices directory and must stay inside it; no name a
 client sends is ever turned into a path.
@@ -25,6 +26,7 @@ from typing import Any
 from .entry import NAME_RULE, VOICE_NAME, VoiceEntry, VoiceError, parse_languages
 
 CONFIG_NAME = "voices.json"
+TOP_LEVEL_KEYS = ("voices", "openai_voices")  # openai_voices: OpenAI voice name -> voice (HTTP API)
 TEXT_KEYS = ("speaker", "instruct", "audio", "transcript", "transcript_file", "description")
 KEYS = (*TEXT_KEYS, "language", "languages")
 KINDS_HINT = (
@@ -54,9 +56,13 @@ def read_config(path: Path, model_languages: tuple[str, ...]) -> ConfigVoices:
         ) from None
     if not isinstance(document, dict) or not isinstance(document.get("voices"), dict):
         raise VoiceError(path, None, 'must hold one object {"voices": {"NAME": {...}, ...}}')
-    unknown = [key for key in document if key != "voices" and not key.startswith("_")]
+    unknown = [key for key in document if key not in TOP_LEVEL_KEYS and not key.startswith("_")]
     if unknown:
-        raise VoiceError(path, None, f'unknown top-level key {unknown[0]!r}; only "voices" is read')
+        raise VoiceError(
+            path,
+            None,
+            f"unknown top-level key {unknown[0]!r}; only {' and '.join(map(repr, TOP_LEVEL_KEYS))}",
+        )
     config = ConfigVoices()
     for name, options in document["voices"].items():
         if name.startswith("_"):
@@ -152,3 +158,20 @@ def inside_voices_dir(config_path: Path, voice: str, key: str, raw: str) -> Path
             config_path, voice, f"{key} {raw!r} does not exist in {root}; put it there or fix the path"
         )
     return resolved
+
+
+def read_openai_voices(path: Path) -> dict[str, str]:
+    """voices.json's "openai_voices" (OpenAI voice name -> voice name), lower-cased; {} without one.
+
+    Read by the HTTP API on its own: a broken voices.json is reported by the voice catalog.
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    table = document.get("openai_voices") if isinstance(document, dict) else None
+    if not isinstance(table, dict):
+        return {}
+    return {
+        str(k).casefold(): v for k, v in table.items() if isinstance(v, str) and not str(k).startswith("_")
+    }
