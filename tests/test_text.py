@@ -185,3 +185,22 @@ def test_an_unfinished_end_comes_out_at_flush() -> None:
     fed, rest = feed_all(["Wir zählen bis 3. Dann", " Schluss"])
     assert fed == [[], []]
     assert rest == ["Wir zählen bis 3. Dann Schluss"]
+
+
+def test_a_long_sentence_is_cut_at_clauses_then_words_into_pieces_that_fit():
+    from wyoming_qwen3tts.text.sentences import MAX_SENTENCE_CHARS, split_long
+
+    clauses = ", ".join(f"the {n} lamp is on in the hall" for n in ("first", "second", "third") * 8)
+    pieces = split_long(clauses + " and that is all")
+    assert all(len(p) <= MAX_SENTENCE_CHARS for p in pieces) and len(pieces) > 1
+    assert all(p.endswith(",") for p in pieces[:-1])  # cut after a clause, not inside one
+    assert " ".join(pieces) == clauses + " and that is all"
+    words = " ".join(["lamp"] * 200)
+    assert [len(p) for p in split_long(words)] == [299, 299, 299, 99]  # at spaces, none lost
+    assert "".join(split_long("灯" * 700)) == "灯" * 700  # no spaces: cut by length
+
+
+def test_unpunctuated_text_comes_out_in_pieces_when_streamed_too():
+    buffer = SentenceBuffer()
+    pieces = buffer.feed("word " * 1000) + buffer.flush()
+    assert len(pieces) >= 16 and all(len(p) <= 300 for p in pieces)

@@ -7,7 +7,12 @@ serve) end the process with one line naming the problem and the fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
+import socket
+import stat
 import sys
 from functools import partial
 from typing import TYPE_CHECKING
@@ -18,10 +23,10 @@ from wyoming.server import AsyncServer
 from . import __version__
 from .engine import Engine, EngineError
 from .engine.factory import create_engine
-from .handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
+from .handler import Connections, HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
 from .languages import AUTO, to_model_language
 from .model_files import ModelError
-from .settings import Settings, SettingsError, parse_settings
+from .settings import Settings, SettingsError, parse_settings, wyoming_address
 from .speech import Speech
 
 if TYPE_CHECKING:
@@ -57,6 +62,9 @@ def handler_options(settings: Settings, engine: Engine) -> HandlerOptions:
         samples_per_chunk=settings.samples_per_chunk,
         max_text_chars=settings.max_text_chars,
         normalize=settings.normalize,
+        max_pending_jobs=settings.max_queued_sentences,
+        write_timeout=settings.write_timeout,
+        idle_timeout=settings.idle_timeout,
         program_name=PROGRAM_NAME,
         version=__version__,
     )
@@ -82,6 +90,7 @@ async def serve(settings: Settings) -> None:
         # All torch work, loading and warm-up included, runs on the one inference thread: each thread
         # that calls into torch gets its own OpenMP team, and a second team spinning beside the first
         # made synthesis 40 % slower on 2 cores (real-time factor 3.86 against 2.73 in one thread).
+        check_wyoming_address(settings.uri)  # before the minutes a model may take to load
         engine = await inference.run(load_engine, settings)
         options = handler_options(settings, engine)
         if http is not None:
@@ -91,6 +100,22 @@ async def serve(settings: Settings) -> None:
         if http is not None:
             await http.stop()
         await inference.aclose()
+
+
+def check_wyoming_address(uri: str) -> None:
+    """Fail now, not after loading the model, if the Wyoming port is taken or the socket path is in use."""
+    address = wyoming_address(uri)
+    if isinstance(address, str):
+        if os.path.exists(address) and not stat.S_ISSOCK(os.stat(address).st_mode):
+            raise StartupError(f"--uri {uri}: {address} exists and is not a socket; choose another path")
+        return
+    try:
+        with socket.create_server(address, reuse_port=False):
+            pass
+    except OSError as err:
+        raise StartupError(
+            f"--uri {uri}: cannot listen ({err.strerror or err}); choose a free port or stop the other server"
+        ) from None
 
 
 async def start_http(settings: Settings) -> HttpServer:
@@ -106,7 +131,7 @@ async def start_http(settings: Settings) -> HttpServer:
         voices_dir=settings.voices_dir,
     )
     try:
-        server = HttpServer(settings.http_uri or "", state)
+        server = HttpServer(settings.http_uri or "", state, grace=settings.shutdown_grace)
         await server.start()
     except HttpStartError as err:
         raise StartupError(str(err)) from None
@@ -116,10 +141,12 @@ async def start_http(settings: Settings) -> HttpServer:
 async def serve_engine(
     settings: Settings, engine: Engine, inference: InferenceQueue, options: HandlerOptions | None = None
 ) -> None:
-    """Serve Wyoming clients with a loaded engine until cancelled."""
+    """Serve Wyoming clients with a loaded engine until cancelled, or drained by SIGTERM/SIGINT."""
     options = options or handler_options(settings, engine)
     server = AsyncServer.from_uri(settings.uri)
-    serving = asyncio.create_task(server.run(partial(Qwen3TTSEventHandler, engine, options, inference)))
+    connections = Connections(settings.max_connections)
+    handler = partial(Qwen3TTSEventHandler, engine, options, inference, connections=connections)
+    serving = asyncio.create_task(server.run(handler))
     advertisement = None
     watching = None
     if settings.voices_dir is not None and settings.voices_reload_interval > 0:
@@ -127,16 +154,52 @@ async def serve_engine(
     try:
         # Advertise only once the socket accepts connections: a client acts on discovery at once.
         await wait_until_listening(server, serving)
+        stopping = stop_signals()  # after wyoming's own SIGTERM handler, which would cut audio off
         _LOGGER.info("Ready at %s with voices: %s", settings.uri, ", ".join(v.name for v in engine.voices()))
         if settings.zeroconf:
             advertisement = await advertise_server(settings, settings.zeroconf)
-        await serving
+        signalled = asyncio.create_task(stopping.wait())
+        await asyncio.wait([serving, signalled], return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            signalled.cancel()
+            serving.result()
+            return
+        _LOGGER.info(
+            "Stopping: no new connections; waiting up to %.0f s for audio in flight", settings.shutdown_grace
+        )
+        listener = getattr(server, "_server", None)
+        if listener is not None:
+            listener.close()
+        if advertisement is not None:
+            await advertisement.close()
+            advertisement = None
+        await drain(connections, settings.shutdown_grace)
+        await server.stop()
     finally:
         serving.cancel()
         if watching is not None:
             watching.cancel()
         if advertisement is not None:
             await advertisement.close()
+
+
+def stop_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (where the loop can take signal handlers)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stopping.set)
+    return stopping
+
+
+async def drain(connections: Connections, grace: float) -> None:
+    """Wait until no connection has audio to send, or grace seconds."""
+    deadline = asyncio.get_running_loop().time() + grace
+    while (busy := connections.busy()) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    if busy:
+        _LOGGER.warning("Stopping with %d connections still speaking after %.0f s", len(busy), grace)
 
 
 async def watch_voices(engine: Engine, inference: InferenceQueue, interval: float) -> None:
@@ -197,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, ModelError, EngineError, StartupError) as err:
         _LOGGER.debug("Start-up failed", exc_info=True)
         print(f"wyoming-qwen3tts: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         pass
     return 0

@@ -42,6 +42,7 @@ class BenchmarkSetting:
     dtype: str
     quantize: str = "none"
     weights: str = ""  # OpenVINO export weights; empty for the PyTorch backend
+    http: bool = False  # server rows: time the HTTP API (pcm over /v1/audio/speech) after a Wyoming request
 
     @property
     def backend(self) -> str:
@@ -57,6 +58,7 @@ SETTINGS = {
         BenchmarkSetting("engine-bfloat16", "engine", "bfloat16"),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
+        BenchmarkSetting("server-http", "server", "auto", "auto", http=True),
         BenchmarkSetting("openvino-fp16", "engine", "auto", weights="fp16"),
         BenchmarkSetting("openvino-int8", "engine", "auto", weights="int8"),
         BenchmarkSetting("openvino-int4", "engine", "auto", weights="int4"),
@@ -248,15 +250,12 @@ def profile_engine(engine, voice, frames: int) -> dict[str, float]:
 def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int) -> dict:
     """The whole server as Home Assistant meets it: one-sentence synthesize to first audio-chunk."""
     import asyncio
-    import socket
 
     from wyoming.audio import AudioChunk, AudioStop
     from wyoming.client import AsyncTcpClient
     from wyoming.tts import Synthesize
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, http_port = _free_port(), _free_port()
     command = [
         sys.executable,
         "-m",
@@ -268,6 +267,8 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     ]
     command += ["--threads", str(threads), "--greedy", "--max-frames", str(frames), "--dtype", setting.dtype]
     command += ["--quantize", setting.quantize]
+    if setting.http:
+        command += ["--http-uri", f"tcp://127.0.0.1:{http_port}"]
     if setting.backend == "openvino":
         command += [
             "--backend",
@@ -304,23 +305,56 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         await client.disconnect()
         return load_s, first or total, samples, total
 
+    extra = {}
     try:
         load_s, first, samples, total = asyncio.run(synthesize())
+        if setting.http:
+            extra["wyoming_first_audio_s"] = first
+            first, samples, total = _http_speech(http_port)
         status = Path(f"/proc/{server.pid}/status").read_text()
         peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
     finally:
         server.terminate()
         server.wait(30)
+    if setting.weights:
+        precision = f"server, --backend openvino ({setting.weights} export)"
+    else:
+        precision = f"server, --dtype {setting.dtype} --quantize {setting.quantize}"
     return {
         "load_s": load_s,
         "first_audio_s": first,
         "total_s": total,
         "samples": samples,
         "server_peak_rss_gb": peak_kb / 1024 / 1024,
-        "precision": f"server, --backend openvino ({setting.weights} export)"
-        if setting.weights
-        else f"server, --dtype {setting.dtype} --quantize {setting.quantize}",
+        "precision": precision + (", over HTTP (pcm)" if setting.http else ""),
+        **extra,
     }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _http_speech(port: int) -> tuple[float, int, float]:
+    """The benchmark text over the HTTP API as raw PCM: (first byte s, samples, total s)."""
+    import urllib.request
+
+    body = json.dumps({"model": "qwen3-tts", "input": TEXT, "response_format": "pcm"}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/audio/speech", data=body, headers={"Content-Type": "application/json"}
+    )
+    sent = time.perf_counter()
+    first, received = None, 0
+    with urllib.request.urlopen(request, timeout=600) as response:
+        while chunk := response.read1(65536):
+            first = first or time.perf_counter() - sent
+            received += len(chunk)
+    total = time.perf_counter() - sent
+    return first or total, received // 2, total
 
 
 def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
@@ -419,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(table(results))
     for result in results:
+        if "wyoming_first_audio_s" in result:
+            print(
+                f"\n{result['name']}: first audio {result['first_audio_s']:.2f} s over HTTP, "
+                f"{result['wyoming_first_audio_s']:.2f} s over Wyoming (same server, same text)"
+            )
         profile = result.get("profile_ms_per_frame")
         if profile:
             parts = ", ".join(f"{name} {ms:.1f}" for name, ms in profile.items())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.event import Event, Eventable
+from wyoming.event import Event, Eventable, async_read_event
 from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice, TtsVoiceSpeaker
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
@@ -78,6 +79,11 @@ class HandlerOptions:
     samples_per_chunk: int = 1024  # at most this many samples per audio-chunk event
     max_text_chars: int = 5000  # longer requests (or streams) are refused
     normalize: bool = True  # numbers, dates, money, markup ... written out before synthesis
+    max_pending_jobs: int = 200  # sentences (and pauses, ends) one connection may have waiting
+    write_timeout: float = 30.0  # seconds a write may wait for a client that stopped reading; 0: forever
+    idle_timeout: float = (
+        300.0  # seconds a connection may sit with nothing sent and nothing to say; 0: forever
+    )
     program_name: str = "qwen3-tts"
     version: str = __version__
 
@@ -110,6 +116,24 @@ class _Stream:
 
 _Job = Callable[[], Awaitable[None]]
 
+BUSY = "busy"
+SEND_BUFFER_BYTES = 256 * 1024  # about 5 s of 24 kHz 16-bit audio
+
+
+class Connections:
+    """The open connections of one server: a bound on their number, and what a shutdown waits for."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit  # 0: no bound
+        self.open: set[Qwen3TTSEventHandler] = set()
+
+    def full(self) -> bool:
+        return bool(self.limit) and len(self.open) >= self.limit
+
+    def busy(self) -> list[Qwen3TTSEventHandler]:
+        """Connections with audio still to send (or a stream still open)."""
+        return [handler for handler in self.open if handler.busy]
+
 
 class Qwen3TTSEventHandler(AsyncEventHandler):
     """Serves one client connection: describe, one-shot and streamed synthesis."""
@@ -120,29 +144,72 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         options: HandlerOptions,
         inference: InferenceQueue,
         *args: Any,
+        connections: Connections | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.engine = engine
         self.options = options
+        self.connections = connections if connections is not None else Connections()
         self.speech = Speech(engine, options.speech_options(), inference)
         self._client = describe_client(self.writer.get_extra_info("peername"), "wyoming")
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A bounded send buffer: a client that stops reading blocks our writes (and meets
+            # --write-timeout) after a few seconds of audio, not after megabytes of it.
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         self._stream: _Stream | None = None
         self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._speaker: asyncio.Task[None] | None = None
         self._closing = False  # after an error or stop(): queued work is dropped
+        self._speaking = False  # a job is running
 
     # -- connection life ---------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """True while this connection has audio to send or a stream open."""
+        return not self._closing and (self._stream is not None or self._speaking or not self._jobs.empty())
+
     async def run(self) -> None:
         """Serve the connection; unreadable input or a lost client ends only this connection."""
+        if self.connections.full():
+            limit = self.connections.limit
+            _LOGGER.warning("Refusing a connection from %s: %d connections are open", self._client, limit)
+            await self._fail(f"The server has {limit} connections open already; try again later", BUSY)
+            self.writer.close()
+            return
+        self.connections.open.add(self)
         try:
-            await super().run()
+            await self._read_events()
         except ConnectionError as err:
             _LOGGER.debug("Connection lost: %s", err)
         except Exception as err:  # e.g. JSON that is not an event: wyoming raises instead of returning None
             _LOGGER.warning("Closing a connection that sent unreadable data: %r", err)
             _LOGGER.debug("Unreadable data", exc_info=True)
+        finally:
+            self.connections.open.discard(self)
+
+    async def _read_events(self) -> None:
+        """wyoming's read loop, with the idle timeout: silence with nothing to say ends the connection."""
+        self._is_running = True
+        try:
+            while self._is_running:
+                try:
+                    event = await asyncio.wait_for(
+                        async_read_event(self.reader), self.options.idle_timeout or None
+                    )
+                except asyncio.TimeoutError:
+                    if self.busy:
+                        continue
+                    _LOGGER.info("Closing %s: idle for %.0f s", self._client, self.options.idle_timeout)
+                    break
+                if event is None or not await self.handle_event(event):
+                    break
+        finally:
+            await self.disconnect()
+            self.writer.close()
 
     async def stop(self) -> None:
         """Close the connection and drop its queued work."""
@@ -294,6 +361,12 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
     # -- the speaker: synthesis jobs in order, off the read loop ---------------
 
     def _queue(self, job: _Job) -> None:
+        if self._jobs.qsize() >= self.options.max_pending_jobs:
+            raise RequestError(
+                f"More than {self.options.max_pending_jobs} sentences are waiting on this connection; "
+                "wait for the audio before sending more",
+                BUSY,
+            )
         if self._speaker is None:
             self._speaker = asyncio.create_task(self._work_through_jobs(), name="qwen3tts speaker")
         self._jobs.put_nowait(job)
@@ -305,6 +378,7 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
 
     async def _work_through_jobs(self) -> None:
         while (job := await self._jobs.get()) is not None:
+            self._speaking = True
             try:
                 await job()
             except ConnectionError as err:
@@ -318,12 +392,21 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
                 _LOGGER.exception("Synthesis failed")
                 await self._fail_and_close(short_failure(err), SYNTHESIS_FAILED)
                 return
+            finally:
+                self._speaking = False
 
     async def _speak(self, response: _Response, part: Part) -> None:
         """Synthesize one sentence (or pause), writing its audio as the engine produces it."""
-        async with aclosing(self.speech.render(response.utterance, part)) as chunks:
-            async for pcm in chunks:
-                await self._send_audio(response, pcm)
+        try:
+            async with aclosing(self.speech.render(response.utterance, part)) as chunks:
+                async for pcm in chunks:
+                    await self._send_audio(response, pcm)
+        except ConnectionError:
+            self.speech.log_finished(response.utterance, "dropped")
+            raise
+        except Exception:
+            self.speech.log_finished(response.utterance, "failed")
+            raise
 
     async def _send_audio(self, response: _Response, pcm: bytes) -> None:
         """Write whole-sample PCM as audio-chunks of at most samples_per_chunk samples."""
@@ -372,7 +455,15 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
     async def _send(self, message: Eventable) -> None:
         if self.writer.is_closing():
             raise ConnectionResetError("connection closed")
-        await self.write_event(message.event())
+        try:
+            await asyncio.wait_for(self.write_event(message.event()), self.options.write_timeout or None)
+        except asyncio.TimeoutError:
+            # The client stopped reading: drop it, so its synthesis and caches are freed.
+            _LOGGER.warning("Dropping %s: a write waited %.0f s", self._client, self.options.write_timeout)
+            self._closing = True
+            self.writer.transport.abort()
+            self.reader.feed_eof()
+            raise ConnectionAbortedError("client stopped reading") from None
 
     async def _fail(self, text: str, code: str) -> None:
         """Send an error event; the caller then closes the connection."""

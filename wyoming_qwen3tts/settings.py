@@ -64,6 +64,11 @@ class Settings:
     ov_weights: str = "int8"  # weight format of an export made on first start
     ov_model_dir: Path | None = None
     ov_cache_dir: Path | None = None
+    max_connections: int = 32  # open Wyoming connections; more get a busy error
+    max_queued_sentences: int = 200  # sentences waiting on one connection; more get a busy error
+    write_timeout: float = 30.0  # seconds; a client that stops reading is dropped (0: never)
+    idle_timeout: float = 300.0  # seconds; a silent connection with nothing to say is closed (0: never)
+    shutdown_grace: float = 30.0  # seconds SIGTERM/SIGINT wait for audio in flight before exiting
     http_uri: str | None = None  # e.g. tcp://0.0.0.0:8880: also serve the OpenAI-compatible HTTP API
     http_api_key: str | None = None  # bearer token the HTTP API asks for; None: open
     http_max_requests: int = 4  # HTTP syntheses at once; more get 503 with Retry-After
@@ -142,6 +147,11 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "ov_weights": (("QWEN3TTS_OV_WEIGHTS", "OV_WEIGHTS"), _choice(OV_WEIGHTS)),
     "ov_model_dir": (("QWEN3TTS_OV_MODEL_DIR", "OV_MODEL_DIR"), _optional_path),
     "ov_cache_dir": (("QWEN3TTS_OV_CACHE_DIR", "OV_CACHE_DIR"), _optional_path),
+    "max_connections": (("QWEN3TTS_MAX_CONNECTIONS",), _positive_int),
+    "max_queued_sentences": (("QWEN3TTS_MAX_QUEUED_SENTENCES",), _positive_int),
+    "write_timeout": (("QWEN3TTS_WRITE_TIMEOUT",), _seconds),
+    "idle_timeout": (("QWEN3TTS_IDLE_TIMEOUT",), _seconds),
+    "shutdown_grace": (("QWEN3TTS_SHUTDOWN_GRACE",), _seconds),
     "http_uri": (("QWEN3TTS_HTTP_URI",), str),
     "http_api_key": (("QWEN3TTS_HTTP_API_KEY",), str),
     "http_max_requests": (("QWEN3TTS_HTTP_MAX_REQUESTS",), _positive_int),
@@ -230,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
         "on first start (openvino backend)",
     )
     add("ov_cache_dir", "OpenVINO compiled-model cache: later starts skip compilation (openvino backend)")
+    add("max_connections", "open Wyoming connections at most; 0 = no bound", type=_positive_int)
+    add("max_queued_sentences", "sentences that may wait on one connection", type=_positive_int)
+    add("write_timeout", "seconds before a client that stopped reading is dropped; 0 = never", type=_seconds)
+    add(
+        "idle_timeout",
+        "seconds before a silent connection with nothing to say is closed; 0 = never",
+        type=_seconds,
+    )
+    add("shutdown_grace", "seconds SIGTERM/SIGINT let audio in flight finish before exiting", type=_seconds)
     add("http_uri", "also serve the OpenAI-compatible HTTP API here, e.g. tcp://0.0.0.0:8880 (default: off)")
     add("http_api_key", "bearer token the HTTP API requires (default: none, the API is open)")
     add(
@@ -299,8 +318,12 @@ def check(settings: Settings) -> None:
         raise SettingsError(
             f"device {settings.device!r} is not supported: this server runs on the CPU; use --device cpu"
         )
-    if not settings.uri.startswith(("tcp://", "unix://", "stdio://")):
-        raise SettingsError(f"--uri {settings.uri!r} must start with tcp://, unix:// or stdio://")
+    wyoming_address(settings.uri)  # raises SettingsError naming the fix
+    if settings.zeroconf and not settings.uri.startswith("tcp://"):
+        raise SettingsError(
+            f"--zeroconf advertises a TCP port, but --uri is {settings.uri}; "
+            "use a tcp:// --uri or drop --zeroconf"
+        )
     if settings.http_uri is not None:
         http_address(settings.http_uri)  # raises SettingsError naming the fix
     if settings.samples_per_chunk == 0:
@@ -309,6 +332,29 @@ def check(settings: Settings) -> None:
         raise SettingsError(
             f"--voices-dir {settings.voices_dir} is not a directory; create it or drop the flag"
         )
+    if settings.voices_dir is not None and not os.access(settings.voices_dir, os.R_OK | os.X_OK):
+        raise SettingsError(
+            f"--voices-dir {settings.voices_dir} cannot be read by this user; fix its permissions"
+        )
+
+
+def wyoming_address(uri: str) -> tuple[str, int] | str:
+    """(host, port) of a tcp:// --uri, or the socket path of a unix:// one."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "unix" and (parsed.netloc or parsed.path):
+        return parsed.netloc + parsed.path
+    if parsed.scheme == "stdio":
+        raise SettingsError(
+            "--uri stdio:// is not supported: audio still being synthesized when the input ends would be "
+            "lost; use tcp://HOST:PORT or unix://PATH"
+        )
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "tcp" or not parsed.hostname or port is None:
+        raise SettingsError(f"--uri {uri!r} must look like tcp://0.0.0.0:10200 or unix:///run/qwen3tts.sock")
+    return parsed.hostname, port
 
 
 def http_address(uri: str) -> tuple[str, int]:

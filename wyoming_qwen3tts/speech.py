@@ -87,6 +87,7 @@ class Utterance:
     text_ready_at: float | None = None  # when its first sentence was ready to speak
     first_audio_at: float | None = None
     synthesis_seconds: float = 0.0  # time spent waiting for the engine
+    outcome: str | None = None  # set once its log line is written
 
 
 class Speech:
@@ -234,7 +235,14 @@ class Speech:
         async with aclosing(chunks):
             waiting_since = time.monotonic()
             async for pcm in chunks:
-                utterance.synthesis_seconds += time.monotonic() - waiting_since
+                waited = time.monotonic() - waiting_since
+                utterance.synthesis_seconds += waited
+                _LOGGER.debug(
+                    "%s: chunk of %d samples after %.0f ms",
+                    utterance.client,
+                    len(pcm) // self.sample_bytes,
+                    waited * 1000,
+                )
                 yield pcm
                 waiting_since = time.monotonic()
             utterance.synthesis_seconds += time.monotonic() - waiting_since
@@ -252,6 +260,9 @@ class Speech:
 
     def log_finished(self, utterance: Utterance, outcome: str = "ok") -> None:
         """One line per request: who, voice, language, size, first audio, real-time factor, outcome."""
+        if utterance.outcome is not None:
+            return
+        utterance.outcome = outcome
         audio_seconds = utterance.samples / self.engine.sample_rate
         if utterance.first_audio_at is None or utterance.text_ready_at is None:
             first_audio = "-"

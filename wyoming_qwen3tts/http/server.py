@@ -37,7 +37,7 @@ class _Server(uvicorn.Server):
 class HttpServer:
     """The speech API listening on --http-uri until stop()."""
 
-    def __init__(self, uri: str, state: ApiState) -> None:
+    def __init__(self, uri: str, state: ApiState, grace: float = 30.0) -> None:
         self.uri = uri
         self.state = state
         host, port = http_address(uri)
@@ -54,7 +54,7 @@ class HttpServer:
             log_level="warning",
             lifespan="off",
             access_log=False,
-            timeout_graceful_shutdown=2,
+            timeout_graceful_shutdown=max(1, round(grace)),  # in-flight responses may finish
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -74,5 +74,5 @@ class HttpServer:
             return
         self._server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(self._task, timeout=5)
+            await asyncio.wait_for(self._task, timeout=self._server.config.timeout_graceful_shutdown or 5)
         self._socket.close()

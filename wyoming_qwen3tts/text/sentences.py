@@ -10,6 +10,10 @@ sentence-stream ends a sentence after a number or a lowercase letter with a peri
 capital, which cuts "Am 3. Mai", "z. B. gut" and "1. First item". A small step after it
 puts such pieces back: a sentence ending in "3." or "z." waits for the next one and is
 joined to it; a list number alone on its line ("...\n2.") moves to the item it numbers.
+
+A "sentence" with no end in sight (a list without full stops, text from a tool that never
+punctuates) is cut at clauses, then words, into pieces of at most MAX_SENTENCE_CHARS: each
+piece must fit the talker's position table and frame cap, and a shorter piece is heard sooner.
 """
 
 from __future__ import annotations
@@ -33,15 +37,15 @@ class SentenceBuffer:
 
     def feed(self, text: str) -> list[str]:
         """Add a piece of text; return the sentences it completed, in order."""
-        return self._rejoin(_clean(self._detector.add_chunk(text)))
+        return _limited(self._rejoin(_clean(self._detector.add_chunk(text))))
 
     def flush(self) -> list[str]:
-        """End the text; return what is left (zero or one sentence) and start afresh."""
+        """End the text; return what is left and start afresh."""
         sentences = self._rejoin(_clean([self._detector.finish()]))
         if self._carry:
             sentences.append(self._carry)
             self._carry = ""
-        return sentences
+        return _limited(sentences)
 
     def _rejoin(self, sentences: list[str]) -> list[str]:
         """Join sentences that sentence-stream cut after "3." or "z." to the one that follows."""
@@ -67,6 +71,49 @@ def split_sentences(text: str) -> list[str]:
     """Split a whole text into its sentences, stripped, without empty ones."""
     buffer = SentenceBuffer()
     return buffer.feed(text) + buffer.flush()
+
+
+MAX_SENTENCE_CHARS = 300
+
+# Where a long sentence may be cut: after clause punctuation, else at any run of spaces.
+_CLAUSE_BREAK = re.compile(r"(?<=[,;:，、；：])\s*|\s+(?=[—–]\s)")
+_WORD_BREAK = re.compile(r"\s+")
+
+
+def split_long(sentence: str, limit: int = MAX_SENTENCE_CHARS) -> list[str]:
+    """A sentence cut into pieces of at most limit characters: at clauses, else words, else anywhere."""
+    if len(sentence) <= limit:
+        return [sentence]
+    return _pack(sentence, limit, (_CLAUSE_BREAK, _WORD_BREAK))
+
+
+def _pack(text: str, limit: int, breaks: tuple[re.Pattern[str], ...]) -> list[str]:
+    """Greedily join the units between breaks[0] into pieces up to limit; split longer units by the rest."""
+    if len(text) <= limit:
+        return [text]
+    if not breaks:  # no break at all (e.g. unpunctuated Chinese): cut by length
+        return [text[i : i + limit] for i in range(0, len(text), limit)]
+    pieces: list[str] = []
+    current = ""
+    for unit in (u for u in breaks[0].split(text) if u):
+        candidate = f"{current} {unit}" if current else unit
+        if len(candidate) <= limit:
+            current = candidate
+            continue
+        if current:
+            pieces.append(current)
+        if len(unit) <= limit:
+            current = unit
+        else:
+            *whole, current = _pack(unit, limit, breaks[1:])
+            pieces.extend(whole)
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _limited(sentences: list[str]) -> list[str]:
+    return [piece for sentence in sentences for piece in split_long(sentence)]
 
 
 # A sentence that ends in a short number or a lowercase letter and a period: "Am 3.", "z.", "\n2.".
