@@ -650,3 +650,50 @@ async def test_inference_queue_drops_the_error_of_a_step_computed_for_a_consumer
         assert await queue.run(lambda: "still serving") == "still serving"
     finally:
         await queue.aclose()
+
+
+async def test_a_new_sentence_waits_for_one_step_of_another_connection_not_two() -> None:
+    log: list[str] = []
+
+    def steps(name: str, count: int, seconds: float) -> Iterator[str]:
+        for number in range(count):
+            time.sleep(seconds)
+            log.append(f"{name}{number}")
+            yield f"{name}{number}"
+
+    async def speak_all(name: str, count: int, seconds: float) -> None:
+        async with aclosing(queue.iterate(steps, name, count, seconds)) as items:
+            async for _ in items:
+                pass
+
+    queue = InferenceQueue()
+    try:
+        long_one = asyncio.ensure_future(speak_all("a", 30, 0.02))  # another connection, in full flow
+        await asyncio.sleep(0.1)
+        asked_at = len(log)
+        await speak_all("b", 1, 0.0)
+        waited_for = [entry for entry in log[asked_at : log.index("b0")] if entry.startswith("a")]
+        await long_one
+        # The step that was running when it asked, and nothing more (two before: made, then stepped).
+        assert len(waited_for) <= 1, log
+    finally:
+        await queue.aclose()
+
+
+async def test_a_cancelled_request_computes_at_most_one_step_more() -> None:
+    log: list[int] = []
+
+    def steps() -> Iterator[int]:
+        for number in range(100):
+            time.sleep(0.01)
+            log.append(number)
+            yield number
+
+    queue = InferenceQueue()
+    try:
+        async with aclosing(queue.iterate(steps)) as items:
+            assert await anext(items) == 0
+        await queue.run(lambda: None)  # everything queued before this has run
+        assert log[0] == 0 and len(log) <= 2  # at most the step computed ahead after the consumer left
+    finally:
+        await queue.aclose()

@@ -61,8 +61,10 @@ class InferenceQueue:
         the consumer stops early or is cancelled, the generator is closed on
         the worker thread, after any step of it still queued or running there.
         """
-        items = await self.run(func, *args)
-        step = asyncio.ensure_future(self.run(next, items, _EXHAUSTED))
+        # Made and first stepped in one job: a new sentence waits for one turn, not two.
+        items, first = await self.run(_start, func, args)
+        step: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        step.set_result(first)
         try:
             while (item := await step) is not _EXHAUSTED:
                 step = asyncio.ensure_future(self.run(next, items, _EXHAUSTED))
@@ -92,3 +94,8 @@ class InferenceQueue:
             self._executor.submit(close)
         except RuntimeError:  # closed: the generator is simply dropped
             pass
+
+
+def _start(func: Callable[..., Iterator[T]], args: tuple[Any, ...]) -> tuple[Iterator[T], Any]:
+    items = func(*args)
+    return items, next(items, _EXHAUSTED)
