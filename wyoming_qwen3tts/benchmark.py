@@ -331,6 +331,122 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     }
 
 
+def measure_concurrency(model_dir: Path, frames: int, threads: int, levels: list[int]) -> list[dict]:
+    """One PyTorch server; N clients at once speak the benchmark text, for each N in levels.
+
+    Per level: each client's first audio and real-time factor, the audio seconds produced per
+    second by all of them together, and the server's resident memory during the level.
+    """
+    import asyncio
+    import threading
+
+    from wyoming.audio import AudioChunk, AudioStop
+    from wyoming.client import AsyncTcpClient
+    from wyoming.tts import Synthesize
+
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "wyoming_qwen3tts",
+        "--model",
+        str(model_dir),
+        "--uri",
+        f"tcp://127.0.0.1:{port}",
+    ]
+    command += ["--threads", str(threads), "--greedy", "--max-frames", str(frames)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def resident_gb() -> float:
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 2**20
+
+    async def one_client() -> tuple[float, float, int]:
+        client = AsyncTcpClient("127.0.0.1", port)
+        await client.connect()
+        sent = time.perf_counter()
+        await client.write_event(Synthesize(text=TEXT).event())
+        first, samples = None, 0
+        while (event := await client.read_event()) is not None and not AudioStop.is_type(event.type):
+            if AudioChunk.is_type(event.type):
+                first = first or time.perf_counter() - sent
+                samples += len(AudioChunk.from_event(event).audio) // 2
+        total = time.perf_counter() - sent
+        await client.disconnect()
+        return first or total, total, samples
+
+    async def wait_ready() -> None:
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"server exited: {server.communicate()[1][-2000:]}") from None
+                await asyncio.sleep(0.5)
+
+    results = []
+    try:
+        asyncio.run(wait_ready())
+        asyncio.run(one_client())  # first request after start: not measured
+        for level in levels:
+            peak = [resident_gb()]
+            stop = threading.Event()
+
+            def sample(peak: list[float] = peak, stop: threading.Event = stop) -> None:
+                while not stop.wait(0.2):
+                    peak.append(resident_gb())
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            started = time.perf_counter()
+
+            async def together(level: int = level) -> list[tuple[float, float, int]]:
+                return list(await asyncio.gather(*(one_client() for _ in range(level))))
+
+            clients = asyncio.run(together())
+            wall = time.perf_counter() - started
+            stop.set()
+            sampler.join()
+            audio = [samples / 24000 for _, _, samples in clients]
+            results.append(
+                {
+                    "clients": level,
+                    "first_audio_s": [round(first, 2) for first, _, _ in clients],
+                    "rtf": [
+                        round(total / seconds, 2)
+                        for (_, total, _), seconds in zip(clients, audio, strict=True)
+                    ],
+                    "audio_s_per_s": round(sum(audio) / wall, 3),
+                    "peak_rss_gb": round(max(peak), 3),
+                }
+            )
+    finally:
+        server.terminate()
+        server.wait(30)
+    return results
+
+
+def concurrency_table(results: list[dict]) -> str:
+    lines = [
+        "| clients | first audio s (each) | real-time factor (each) | audio s per s, all together "
+        "| peak RSS GB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        firsts, rtfs = ", ".join(map(str, r["first_audio_s"])), ", ".join(map(str, r["rtf"]))
+        lines.append(
+            f"| {r['clients']} | {firsts} | {rtfs} | {r['audio_s_per_s']:.2f} | {r['peak_rss_gb']:.2f} |"
+        )
+    one = next((r for r in results if r["clients"] == 1), None)
+    most = max(results, key=lambda r: r["clients"], default=None)
+    if one and most and most["clients"] > 1:
+        per_utterance = (most["peak_rss_gb"] - one["peak_rss_gb"]) / (most["clients"] - 1) * 1024
+        lines.append(f"\nMemory per further concurrent utterance: {per_utterance:.0f} MB")
+    return "\n".join(lines)
+
+
 def _free_port() -> int:
     import socket
 
@@ -419,12 +535,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}"
     )
+    parser.add_argument(
+        "--concurrency",
+        help="instead of the settings: one server, N clients at once for each N of this list (e.g. 1,2,4)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: measure one setting, print JSON
     args = parser.parse_args(argv)
 
     if args.one:
         print(json.dumps(measure_one(args.one, args.model, args.frames, args.threads)))
+        return 0
+
+    if args.concurrency:
+        model_dir = ensure_model(args.model)
+        levels = [int(n) for n in args.concurrency.split(",") if n.strip()]
+        print(f"CPU: {cpu_name()}; {args.threads} threads; {args.frames} frames per client")
+        concurrent = measure_concurrency(model_dir, args.frames, args.threads, levels)
+        print(concurrency_table(concurrent))
+        if args.json:
+            args.json.write_text(json.dumps(concurrent, indent=2))
         return 0
 
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
