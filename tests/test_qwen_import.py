@@ -57,3 +57,35 @@ def test_imports_beside_a_torchaudio_that_fails_to_load(tmp_path):
     report = run_probe(tmp_path)
     assert report["model_class"] == "Qwen3TTSModel"
     assert report["placeholder_message"] is not None
+
+
+LOG_PROBE = textwrap.dedent(
+    """
+    import logging, sys
+    level = logging.DEBUG if sys.argv[1] == "debug" else logging.INFO
+    # As the server does: logging is set up first, then qwen-tts is imported and a model config built.
+    logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+    from wyoming_qwen3tts.qwen_import import import_qwen_tts
+    import_qwen_tts()
+    from qwen_tts.core.models import Qwen3TTSConfig
+    Qwen3TTSConfig()  # no sub-configs: qwen-tts logs "... is None. Initializing ..." for each
+    logging.getLogger("qwen_tts.core.models").warning("a warning still shows")
+    """
+)
+
+
+def qwen_tts_log_lines(level: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", LOG_PROBE, level], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [line for line in result.stdout.splitlines() if " qwen_tts." in line]
+
+
+def test_qwen_tts_says_nothing_at_info():
+    assert qwen_tts_log_lines("info") == ["WARNING qwen_tts.core.models: a warning still shows"]
+
+
+def test_qwen_tts_info_lines_show_under_debug():
+    lines = qwen_tts_log_lines("debug")
+    assert any(line.startswith("INFO qwen_tts.") and "is None. Initializing" in line for line in lines)

@@ -8,8 +8,9 @@ byte-level BPE text tokenizer and the processor and generation configs.
 
 `write_model_dir(out_dir, spec, seed)` does the writing; a `ModelSpec` says what to write.
 `reference_spec(kind, size)` makes the spec of a real-size model ("real-0.6b", "real-1.7b") from the
-public configs in the reference directory, with the real vocab.json and a minimal merges.txt;
-`wyoming_qwen3tts.tiny_model` makes the tiny one the tests use.
+public configs this project carries (`real_configs`), with a vocabulary of the real size and merges
+that spell ordinary English a word a token; `wyoming_qwen3tts.tiny_model` makes the tiny one the tests
+use.
 
 Random weights need three fixes to behave (see `_calibrate`): the codec codebooks start as zeros and
 decode to silence, so they get random values like every other matrix; the talker's EOS row of
@@ -30,6 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import real_configs
+from .real_configs import (
+    CODEBOOK_SIZE,
+    CUSTOM_VOICE_DIALECTS,
+    CUSTOM_VOICE_SPEAKERS,
+    DIALECT_LANGUAGE_IDS,
+    LANGUAGE_IDS,
+    SAMPLE_RATE,
+)
+
 KINDS = ("custom_voice", "base", "voice_design")
 
 # Real-size models get merges for these words, so they spell ordinary English about a token per word as
@@ -42,8 +53,9 @@ ENGLISH_SAMPLE = (
     "in the living room, the bedroom and the hall; the door is locked and the oven is off. Your timer "
     "for ten minutes has finished. Tomorrow it will rain in the afternoon, so take an umbrella."
 )
+# A folder of the public config files to build from instead of real_configs (see reference_spec).
 REFERENCE_DIR_ENV = "QWEN3TTS_REFERENCE_CONFIGS"
-DEFAULT_REFERENCE_DIR = Path("/work/shared/reference/qwen3-tts-configs")
+REFERENCE_FOLDERS = {"real-0.6b": "Qwen3-TTS-12Hz-0.6B-Base", "real-1.7b": "Qwen3-TTS-12Hz-1.7B-Base"}
 
 # The transformers version the real configs were saved with. It matters for real-size vocabularies:
 # for a local tokenizer of more than 100000 tokens whose config.json names a version above 4.57.2,
@@ -51,49 +63,6 @@ DEFAULT_REFERENCE_DIR = Path("/work/shared/reference/qwen3-tts-configs")
 # "fixed Mistral" one, as it does for the real checkpoints. (The tiny vocabulary keeps the Qwen2 regex.)
 TRANSFORMERS_VERSION = "4.57.3"
 
-SAMPLE_RATE = 24000
-SAMPLES_PER_FRAME = 1920  # 12.5 frames per second at 24 kHz
-NUM_CODE_GROUPS = 16
-CODEBOOK_SIZE = 2048
-CODEC_VOCAB_SIZE = 3072
-
-# Codec-token ids of the talker, as in every real 12 Hz config.
-CODEC_SPECIAL_IDS = {
-    "codec_pad_id": 2148,
-    "codec_bos_id": 2149,
-    "codec_eos_token_id": 2150,
-    "codec_think_id": 2154,
-    "codec_nothink_id": 2155,
-    "codec_think_bos_id": 2156,
-    "codec_think_eos_id": 2157,
-}
-LANGUAGE_IDS = {
-    "chinese": 2055,
-    "english": 2050,
-    "german": 2053,
-    "italian": 2070,
-    "portuguese": 2071,
-    "spanish": 2054,
-    "japanese": 2058,
-    "korean": 2064,
-    "french": 2061,
-    "russian": 2069,
-}
-# The CustomVoice checkpoints add the dialects their two dialect speakers use.
-DIALECT_LANGUAGE_IDS = {"beijing_dialect": 2074, "sichuan_dialect": 2062}
-CUSTOM_VOICE_SPEAKERS = {
-    "serena": 3066,
-    "vivian": 3065,
-    "uncle_fu": 3010,
-    "ryan": 3061,
-    "aiden": 2861,
-    "ono_anna": 2873,
-    "sohee": 2864,
-    "eric": 2875,
-    "dylan": 2878,
-}
-CUSTOM_VOICE_DIALECTS: dict[str, str | bool] = {name: False for name in CUSTOM_VOICE_SPEAKERS}
-CUSTOM_VOICE_DIALECTS.update(eric="sichuan_dialect", dylan="beijing_dialect")
 
 # The keys Qwen3TTSSpeakerEncoderConfig.__init__ accepts; it takes no **kwargs, so any other key in
 # config.json (model_type, transformers_version, ...) makes the config fail to load.
@@ -168,9 +137,10 @@ class ModelSpec:
     extra_files: dict[str, Any] = field(default_factory=dict)
 
 
-def reference_dir() -> Path:
-    """The directory of the public Qwen3-TTS configs ($QWEN3TTS_REFERENCE_CONFIGS overrides)."""
-    return Path(os.environ.get(REFERENCE_DIR_ENV, DEFAULT_REFERENCE_DIR))
+def reference_dir() -> Path | None:
+    """$QWEN3TTS_REFERENCE_CONFIGS: a folder of public config files to build from, or None (real_configs)."""
+    value = os.environ.get(REFERENCE_DIR_ENV)
+    return Path(value) if value else None
 
 
 def deep_update(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -327,39 +297,91 @@ def check_text_tokenizer(model_dir: Path, config: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------- real-size specs
 
 
+def real_size_vocab(words: Iterable[str]) -> dict[str, int]:
+    """A vocab.json of the real size that spells each byte-level word in words as one token.
+
+    What of the real vocabulary (which this project does not carry) matters to a random-weight model:
+    its size, 151643 tokens (above 100000, transformers gives the tokenizer the "fixed Mistral" split
+    regex, as it does the real one), the 256 byte symbols at ids 0-255, "assistant" at the id config.json
+    names, and ordinary words as single tokens, so that prompts have their real length (see
+    ENGLISH_SAMPLE). Every prefix of each word becomes a token, so its merges chain left to right; the
+    remaining ids hold placeholders no merge can reach.
+    """
+    vocab = {symbol: i for i, symbol in enumerate(byte_symbols())}
+    assistant = to_byte_level("assistant")
+    reserved = {real_configs.ASSISTANT_TOKEN_ID: assistant}
+    next_id = len(vocab)
+    for word in [assistant, *words]:
+        for end in range(2, len(word) + 1):
+            piece = word[:end]
+            if piece in vocab or piece in reserved.values():
+                continue
+            while next_id in reserved:
+                next_id += 1
+            vocab[piece] = next_id
+            next_id += 1
+    vocab.update((piece, i) for i, piece in reserved.items())
+    taken = set(vocab.values())
+    vocab.update((f"<unused_{i}>", i) for i in range(real_configs.TEXT_REGULAR_TOKENS) if i not in taken)
+    if len(vocab) != real_configs.TEXT_REGULAR_TOKENS:
+        raise ValueError(
+            f"{len(vocab)} tokens do not fit the {real_configs.TEXT_REGULAR_TOKENS} of the vocabulary"
+        )
+    return vocab
+
+
+def _sample_words(vocab: Mapping[str, int] | None = None) -> list[str]:
+    """The words real-size models spell as one token: the chat roles and ENGLISH_SAMPLE's words."""
+    words = [to_byte_level(w) for w in ("assistant", "user", "system")]
+    return words + [w for w in english_words(ENGLISH_SAMPLE) if vocab is None or w in vocab]
+
+
 def reference_spec(kind: str, size: str = "real-0.6b", directory: Path | None = None) -> ModelSpec:
-    """The spec of a real-size random model, from the public configs.
+    """The spec of a real-size random model: the real configs, a vocabulary of the real size.
 
     size "real-0.6b" uses the 0.6B-Base config (custom_voice gets the CustomVoice speaker table);
     "real-1.7b" uses the 1.7B-Base config and is the only real size that has voice_design.
     Weights are bfloat16 to keep the files small (about 1.8 GB for 0.6B).
+
+    The configs come from `real_configs`, the vocabulary from `real_size_vocab`. With directory (or
+    $QWEN3TTS_REFERENCE_CONFIGS) they are read instead from a folder of the public files, one
+    subfolder per model (Qwen3-TTS-12Hz-0.6B-Base/config.json, vocab.json, ...), the real vocab.json
+    included.
     """
-    directory = directory or reference_dir()
-    sources = {"real-0.6b": "Qwen3-TTS-12Hz-0.6B-Base", "real-1.7b": "Qwen3-TTS-12Hz-1.7B-Base"}
-    if size not in sources:
-        raise ValueError(f"unknown real size {size!r}, expected one of {', '.join(sources)}")
+    if size not in real_configs.REAL_SIZES:
+        raise ValueError(f"unknown real size {size!r}, expected one of {', '.join(real_configs.REAL_SIZES)}")
     if kind == "voice_design" and size != "real-1.7b":
         raise ValueError("VoiceDesign exists only at 1.7B: use size real-1.7b")
-    source = directory / sources[size]
+    directory = directory or reference_dir()
+    if directory is None:
+        config = real_configs.model_config(size)
+        vocab = real_size_vocab(_sample_words())
+        tokenizer_config = real_configs.text_tokenizer_config()
+        speech_tokenizer_config = real_configs.speech_tokenizer_config()
+        generation_config = real_configs.generation_config()
+    else:
+        source = directory / REFERENCE_FOLDERS[size]
+        if not (source / "config.json").is_file():
+            raise ValueError(f"{source} holds no config.json (set by ${REFERENCE_DIR_ENV} or directory)")
 
-    def load(name: str) -> Any:
-        with open(source / name, encoding="utf-8") as f:
-            return json.load(f)
+        def load(name: str) -> Any:
+            with open(source / name, encoding="utf-8") as f:
+                return json.load(f)
 
-    config = load("config.json")
+        config = load("config.json")
+        vocab = load("vocab.json")
+        tokenizer_config = load("tokenizer_config.json")
+        speech_tokenizer_config = load("speech_tokenizer/config.json")
+        generation_config = load("generation_config.json")
     deep_update(config, kind_settings(kind))
     if kind != "base":
         config.pop("speaker_encoder_config", None)  # as in the real CustomVoice config
-    vocab = load("vocab.json")
-    tokenizer_config = load("tokenizer_config.json")
-    words = [to_byte_level(w) for w in ("assistant", "user", "system")]
-    words += [w for w in english_words(ENGLISH_SAMPLE) if w in vocab]
-    merges = merges_for_words(words, vocab)
+    merges = merges_for_words(_sample_words(vocab), vocab)
     return ModelSpec(
         config=config,
-        speech_tokenizer_config=load("speech_tokenizer/config.json"),
+        speech_tokenizer_config=speech_tokenizer_config,
         tokenizer=TextTokenizerSpec(vocab=vocab, merges=merges, tokenizer_config=tokenizer_config),
-        generation_config=load("generation_config.json"),
+        generation_config=generation_config,
         dtype="bfloat16",
     )
 

@@ -27,6 +27,12 @@ _LOGGER = logging.getLogger(__name__)
 
 INSTALL_HINT = "run script/setup (it installs qwen-tts==0.1.1 with --no-deps)"
 
+# qwen-tts logs at INFO whenever a config is built without a sub-config ("speaker_encoder_config is
+# None. Initializing talker model with default values", seven such lines per model load): below WARNING
+# its loggers speak only when ours is at DEBUG (--debug).
+QUIET_LOGGERS = ("qwen_tts",)
+_quieted: set[str] = set()
+
 
 class Placeholder(types.ModuleType):
     """A module that fails loudly when used, naming what is missing and why."""
@@ -78,8 +84,26 @@ def placeholders_for_missing() -> Iterator[list[str]]:
             sys.modules.pop(name, None)
 
 
+def quiet_third_party_logs() -> None:
+    """Raise qwen-tts's loggers to WARNING unless wyoming_qwen3tts logs at DEBUG; idempotent.
+
+    Decided at each call, from the logging set up by then: a level someone else gave those loggers is
+    left alone, and one set here is taken back once our logger is at DEBUG.
+    """
+    debug = logging.getLogger("wyoming_qwen3tts").isEnabledFor(logging.DEBUG)
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if debug and name in _quieted:
+            logger.setLevel(logging.NOTSET)
+            _quieted.discard(name)
+        elif not debug and logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+            _quieted.add(name)
+
+
 def import_qwen_tts() -> types.ModuleType:
-    """Return the qwen_tts package, importable on a CPU-only install."""
+    """Return the qwen_tts package, importable on a CPU-only install (its INFO logs quieted)."""
+    quiet_third_party_logs()
     if "qwen_tts" in sys.modules:
         return sys.modules["qwen_tts"]
     if importlib.util.find_spec("qwen_tts") is None:

@@ -36,13 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .model_builder import (
-    CODEBOOK_SIZE,
-    CODEC_SPECIAL_IDS,
-    CODEC_VOCAB_SIZE,
     KINDS,
-    NUM_CODE_GROUPS,
-    SAMPLE_RATE,
-    SAMPLES_PER_FRAME,
     TRANSFORMERS_VERSION,
     ModelSpec,
     TextTokenizerSpec,
@@ -55,6 +49,14 @@ from .model_builder import (
     reference_spec,
     to_byte_level,
     write_model_dir,
+)
+from .real_configs import (
+    CODEBOOK_SIZE,
+    CODEC_SPECIAL_IDS,
+    CODEC_VOCAB_SIZE,
+    NUM_CODE_GROUPS,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
 )
 
 SIZES = ("tiny", "real-0.6b", "real-1.7b")
@@ -314,7 +316,7 @@ def build_model(
 ) -> Path:
     """Write a random-weight model of the given kind and size to out_dir; return its path.
 
-    size is "tiny", "real-0.6b" or "real-1.7b" (the last two from the reference configs, see
+    size is "tiny", "real-0.6b" or "real-1.7b" (the last two with the real dimensions, see
     `model_builder.reference_spec`). overrides deep-merges into the spec's dicts, e.g.
     {"generation_config": {"max_new_tokens": 100}, "config": {"talker_config": {"num_hidden_layers": 4}}}.
     """
