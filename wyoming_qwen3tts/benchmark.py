@@ -310,6 +310,7 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         load_s, first, samples, total = asyncio.run(synthesize())
         if setting.http:
             extra["wyoming_first_audio_s"] = first
+            extra["http_mp3_first_audio_s"] = _http_speech(http_port, "mp3")[0]
             first, samples, total = _http_speech(http_port)
         status = Path(f"/proc/{server.pid}/status").read_text()
         peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
@@ -455,11 +456,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _http_speech(port: int) -> tuple[float, int, float]:
-    """The benchmark text over the HTTP API as raw PCM: (first byte s, samples, total s)."""
+def _http_speech(port: int, response_format: str = "pcm") -> tuple[float, int, float]:
+    """The benchmark text over the HTTP API: (first byte s, samples if pcm, total s)."""
     import urllib.request
 
-    body = json.dumps({"model": "qwen3-tts", "input": TEXT, "response_format": "pcm"}).encode()
+    body = json.dumps({"model": "qwen3-tts", "input": TEXT, "response_format": response_format}).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/audio/speech", data=body, headers={"Content-Type": "application/json"}
     )
@@ -585,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         if "wyoming_first_audio_s" in result:
             print(
-                f"\n{result['name']}: first audio {result['first_audio_s']:.2f} s over HTTP, "
+                f"\n{result['name']}: first audio {result['first_audio_s']:.2f} s over HTTP as pcm, "
+                f"{result['http_mp3_first_audio_s']:.2f} s as mp3, "
                 f"{result['wyoming_first_audio_s']:.2f} s over Wyoming (same server, same text)"
             )
         profile = result.get("profile_ms_per_frame")
