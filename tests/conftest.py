@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +182,45 @@ def running_server(args: list[str]) -> Iterator[ServerProcess]:
             print(output)
 
 
+def run_server_command(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m wyoming_qwen3tts ARGS` to its end (for start-up problems), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "wyoming_qwen3tts", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+BACKENDS = ("pytorch", "openvino")
+# Server flags for tests that do not depend on how long a sentence is: greedy (audio is a function of text
+# and voice), no warm-up, one thread (tiny tensors), and a sentence cut at 16 frames (1.28 s of audio).
+QUICK = ["--greedy", "--no-warmup", "--threads", "1", "--max-frames", "16"]
+
+
+def server_args(backend: str, kind: str, tiny_models, ov_exports) -> list[str]:
+    """The arguments that serve the tiny model of this kind on this backend: OpenVINO from its fp32 export."""
+    args = ["--model", str(tiny_models[kind])]
+    if backend == "openvino":
+        args += ["--backend", "openvino", "--ov-model-dir", str(ov_exports[kind, "fp32"])]
+    return args
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    """The backend an end-to-end test's servers run on: the tests that take it run once on each. Module
+    scope: pytest runs a module's tests backend by backend, and its module-scoped servers start once each."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def custom_voice_server(tiny_models) -> Iterator[ServerProcess]:
-    with running_server(["--model", str(tiny_models["custom_voice"]), "--greedy", "--no-warmup"]) as server:
+def model_args(backend, tiny_models, ov_exports) -> Callable[[str], list[str]]:
+    """model_args(kind): server_args for this module's backend."""
+    return lambda kind: server_args(backend, kind, tiny_models, ov_exports)
+
+
+@pytest.fixture(scope="module")
+def custom_voice_server(model_args) -> Iterator[ServerProcess]:
+    with running_server([*model_args("custom_voice"), *QUICK]) as server:
         yield server

@@ -62,7 +62,9 @@ def test_the_page_lists_voices_and_streams_speech(api, browser):
 
     browser.get(api.base_url + "/")
     status = browser.find_element(By.ID, "status")
-    WebDriverWait(browser, 10).until(ready.text_to_be_present_in_element((By.ID, "status"), "Cannot list voices"))
+    WebDriverWait(browser, 10).until(
+        ready.text_to_be_present_in_element((By.ID, "status"), "Cannot list voices")
+    )
     key = browser.find_element(By.ID, "key")
     key.send_keys(API_KEY)
     browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)

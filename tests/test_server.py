@@ -1,16 +1,15 @@
 """End to end: the real server (python -m wyoming_qwen3tts) on a loopback port with a tiny Qwen3-TTS model,
-talked to with the wyoming client the way Home Assistant talks to it."""
+talked to with the wyoming client the way Home Assistant talks to it; on each backend (conftest's
+`backend`), but for the start-up problems of the flags."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import running_server
+from conftest import QUICK, run_server_command, running_server
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -131,7 +130,8 @@ def test_empty_text_gets_an_empty_response(custom_voice_server):
 
 def test_describe_is_answered_within_a_second_during_synthesis(custom_voice_server):
     uri = custom_voice_server.uri
-    long_text = " ".join(f"Sentence number {i} is here." for i in range(12))
+    # 24 sentences of at most 16 frames (--max-frames): several seconds of work even on a fast machine.
+    long_text = " ".join(f"Sentence number {i} is here." for i in range(24))
 
     async def scenario() -> tuple[float, list[Event]]:
         synthesis = asyncio.create_task(send(uri, Synthesize(text=long_text).event(), until=is_audio_stop))
@@ -204,8 +204,8 @@ def test_garbage_on_the_socket_closes_only_that_connection(custom_voice_server):
     assert asyncio.run(describe(custom_voice_server.uri)).tts
 
 
-def test_clone_voices_from_the_voices_directory(tiny_models, voices_dir, tmp_path):
-    args = ["--model", str(tiny_models["base"]), "--voices-dir", str(voices_dir), "--greedy", "--no-warmup"]
+def test_clone_voices_from_the_voices_directory(model_args, voices_dir, tmp_path):
+    args = [*model_args("base"), "--voices-dir", str(voices_dir), *QUICK]
     args += ["--data-dir", str(tmp_path)]  # its clone prompt cache
     with running_server(args) as server:
         info = asyncio.run(describe(server.uri))
@@ -223,8 +223,10 @@ def test_clone_voices_from_the_voices_directory(tiny_models, voices_dir, tmp_pat
             assert audio_of(events).size % SAMPLES_PER_FRAME == 0 and np.abs(audio_of(events)).max() > 0
 
 
-def test_voice_design_model_speaks_its_default_voice(tiny_models):
-    with running_server(["--model", str(tiny_models["voice_design"]), "--greedy"]) as server:
+def test_voice_design_model_speaks_its_default_voice(model_args):
+    # With the warm-up: it speaks the first voice before the server is ready.
+    args = [*model_args("voice_design"), "--greedy", "--threads", "1", "--max-frames", "16"]
+    with running_server(args) as server:
         info = asyncio.run(describe(server.uri))
         assert [v.name for v in info.tts[0].voices] == ["default"]
         events = asyncio.run(send(server.uri, Synthesize(text="Hello.").event(), until=is_audio_stop))
@@ -234,24 +236,18 @@ def test_voice_design_model_speaks_its_default_voice(tiny_models):
 @pytest.mark.parametrize(
     ("args", "exit_code", "needle"),
     [
-        (["--model", "/nonexistent/model"], 1, "does not exist"),
+        (["--model", "/nonexistent/model"], 2, "does not exist"),
         (["--dtype", "int3"], 2, "--dtype"),
         (["--backend", "ipex", "--model", "/tmp"], 2, "not available yet"),
         (
             ["--model", "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice", "--data-dir", "/nonexistent"],
-            1,
+            2,
             "could not be downloaded",
         ),
     ],
 )
 def test_startup_problems_are_one_clear_line(args, exit_code, needle):
-    result = subprocess.run(
-        [sys.executable, "-m", "wyoming_qwen3tts", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_server_command(args)
     assert result.returncode == exit_code
     assert needle in result.stderr
     assert "Traceback" not in result.stderr

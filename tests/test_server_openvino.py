@@ -1,5 +1,7 @@
 """End to end with --backend openvino: the real server (python -m wyoming_qwen3tts) on loopback, talked to
-with the wyoming client, against the PyTorch server on the same tiny models.
+with the wyoming client, against the PyTorch server on the same tiny models. What the two backends share
+(voices, text, SSML, streaming, errors) is tested on both by test_server*.py (conftest's `backend`); here is
+what is the OpenVINO backend's own: the export on first start, and audio equal to the PyTorch server's.
 
 One server exports on its first start (--model + --data-dir, no --ov-model-dir); the others serve an
 existing export with --ov-model-dir. Greedy decoding and --max-frames make audio a function of text and
@@ -9,15 +11,13 @@ voice, so the two backends' audio is compared sample by sample.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerProcess, running_server, snr_db
-from test_server import audio_of, describe, is_audio_stop, send, stream_as_home_assistant
+from conftest import ServerProcess, run_server_command, running_server, snr_db
+from test_server import audio_of, describe, is_audio_stop, send
 from wyoming.tts import (
     Synthesize,
     SynthesizeVoice,
@@ -84,19 +84,6 @@ def test_synthesis_is_the_pytorch_servers_audio(first_start, pytorch_server, voi
     assert snr >= 40
 
 
-def test_streaming_synthesis_speaks_the_one_shot_audio(first_start):
-    server, _ = first_start
-    one_shot = speak(server.uri, TEXT, "ryan")
-    events = stream_as_home_assistant(
-        server.uri, TEXT, ["The kit", "chen light is", " on. The fr", "ont door is locked."]
-    )
-    types = [e.type for e in events]
-    assert types[-1] == "synthesize-stopped"
-    assert types.count("audio-start") == 1 and types.count("audio-stop") == 1
-    # Two sentences, each up to FRAMES frames: the stream is the one-shot audio.
-    assert np.array_equal(audio_of(events), one_shot)
-
-
 def test_explicit_ov_model_dir_serves_the_export(first_start, pytorch_server, tiny_models):
     _, export_dir = first_start
     args = ["--model", str(tiny_models["custom_voice"]), "--backend", "openvino"]
@@ -136,14 +123,8 @@ def test_startup_problems_are_one_clear_line(first_start, tiny_models, tmp_path,
     empty.mkdir()
     argv = ["--model", str(tiny_models["custom_voice"]), "--backend", "openvino"]
     argv += [a.replace("{empty}", str(empty)).replace("{export}", str(first_start[1])) for a in args]
-    result = subprocess.run(
-        [sys.executable, "-m", "wyoming_qwen3tts", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 1
+    result = run_server_command(argv)
+    assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and needle in errors[0], result.stderr
     assert "Traceback" not in result.stderr

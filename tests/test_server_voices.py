@@ -1,4 +1,5 @@
-"""Voices end to end: the real server (python -m wyoming_qwen3tts) with voices.json on the tiny models.
+"""Voices end to end: the real server (python -m wyoming_qwen3tts) with voices.json on the tiny models, on
+each backend (conftest's `backend`).
 
 Greedy decoding makes audio a function of text, voice and language, so where a
 request's language went is seen in its audio: two requests that resolved to the
@@ -10,19 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerProcess, running_server
+from conftest import ServerProcess, run_server_command, running_server
 from test_server import audio_of, describe, is_audio_stop, send
 from wyoming.error import Error
 from wyoming.event import Event
 
-SERVER_ARGS = ["--greedy", "--no-warmup", "--max-frames", "3"]
+SERVER_ARGS = ["--greedy", "--no-warmup", "--threads", "1", "--max-frames", "3"]
 TEXT = "Hello there."
 
 
@@ -52,7 +51,7 @@ def write_json(path: Path, document: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def custom_voice_config_server(tiny_models, tmp_path_factory):
+def custom_voice_config_server(model_args, tmp_path_factory):
     root = tmp_path_factory.mktemp("custom_voice_voices")
     voices = {
         "kitchen": {"speaker": "ryan", "language": "de", "description": "Kitchen, in German"},
@@ -60,14 +59,14 @@ def custom_voice_config_server(tiny_models, tmp_path_factory):
         "cheerful": {"speaker": "vivian", "instruct": "Very cheerful"},
     }
     write_json(root / "voices.json", {"voices": voices})
-    args = ["--model", str(tiny_models["custom_voice"]), "--voices-dir", str(root), *SERVER_ARGS]
+    args = [*model_args("custom_voice"), "--voices-dir", str(root), *SERVER_ARGS]
     args += ["--data-dir", str(tmp_path_factory.mktemp("data"))]
     with running_server(args) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def base_config_server(tiny_models, voices_dir, tmp_path_factory):
+def base_config_server(model_args, voices_dir, tmp_path_factory):
     """anna (in-context, English) and bob (speaker embedding, no language) per file, plus voices.json;
     --language fr and a voices directory that is looked at every 0.2 s."""
     root = tmp_path_factory.mktemp("base_voices")
@@ -80,7 +79,7 @@ def base_config_server(tiny_models, voices_dir, tmp_path_factory):
         "grandpa-plain": {"audio": "clips/grandpa.wav", "description": "Grandpa, speaker embedding only"},
     }
     write_json(root / "voices.json", {"voices": voices})
-    args = ["--model", str(tiny_models["base"]), "--voices-dir", str(root), "--language", "fr", *SERVER_ARGS]
+    args = [*model_args("base"), "--voices-dir", str(root), "--language", "fr", *SERVER_ARGS]
     args += ["--data-dir", str(tmp_path_factory.mktemp("data")), "--voices-reload-interval", "0.2"]
     with running_server(args) as server:
         server.voices_dir = root  # type: ignore[attr-defined]
@@ -115,13 +114,13 @@ def test_base_server_lists_and_speaks_every_clone(base_config_server):
     assert not np.array_equal(spoken["grandpa"], spoken["grandpa-plain"])  # in-context vs embedding only
 
 
-def test_voice_design_server_lists_and_speaks_named_instructions(tiny_models, tmp_path):
+def test_voice_design_server_lists_and_speaks_named_instructions(model_args, tmp_path):
     voices = {
         "narrator": {"instruct": "A warm, calm, middle-aged female voice", "language": "en"},
         "herald": {"instruct": "A loud, proud, young male voice", "description": "The herald"},
     }
     write_json(tmp_path / "voices.json", {"voices": voices})
-    args = ["--model", str(tiny_models["voice_design"]), "--voices-dir", str(tmp_path), *SERVER_ARGS]
+    args = [*model_args("voice_design"), "--voices-dir", str(tmp_path), *SERVER_ARGS]
     with running_server([*args, "--data-dir", str(tmp_path / "data")]) as server:
         listed = voices_of(server.uri)
         assert list(listed) == ["narrator", "herald"]
@@ -229,20 +228,12 @@ def test_voices_come_and_go_without_a_restart(base_config_server, voices_dir):
 # -- clone prompts across restarts, and start-up problems ---------------------------------------------------
 
 
-def test_clone_prompts_are_reused_after_a_restart(tiny_models, voices_dir, tmp_path):
+def test_clone_prompts_are_reused_after_a_restart(model_args, voices_dir, tmp_path):
     root, data = tmp_path / "voices", tmp_path / "data"
     root.mkdir()
     for name in ("anna.wav", "anna.txt", "bob.wav"):
         shutil.copy(voices_dir / name, root / name)
-    args = [
-        "--model",
-        str(tiny_models["base"]),
-        "--voices-dir",
-        str(root),
-        "--data-dir",
-        str(data),
-        *SERVER_ARGS,
-    ]
+    args = [*model_args("base"), "--voices-dir", str(root), "--data-dir", str(data), *SERVER_ARGS]
 
     def one_run() -> tuple[dict[str, np.ndarray], str]:
         server = ServerProcess(args)
@@ -278,14 +269,8 @@ def test_clone_prompts_are_reused_after_a_restart(tiny_models, voices_dir, tmp_p
 def test_a_broken_voices_json_stops_start_up_with_one_line(tiny_models, tmp_path, voices_json, needles):
     (tmp_path / "voices.json").write_text(voices_json, encoding="utf-8")
     args = ["--model", str(tiny_models["custom_voice"]), "--voices-dir", str(tmp_path), "--no-warmup"]
-    result = subprocess.run(
-        [sys.executable, "-m", "wyoming_qwen3tts", *args, "--data-dir", str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 1
+    result = run_server_command([*args, "--data-dir", str(tmp_path / "data")])
+    assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("wyoming-qwen3tts: error:")]
     for needle in needles:
         assert needle in line
