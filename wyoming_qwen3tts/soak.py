@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--warmup-minutes", type=float, default=2)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--log", type=Path, help="the server's log (default: discarded with the scratch folder)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -197,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             f"tcp://127.0.0.1:{port}",
         ]
         command += ["--greedy", "--no-warmup", "--threads", "1", "--max-frames", "8", "--data-dir", scratch]
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log_path = Path(scratch) / "server.log" if args.log is None else args.log
+        log = log_path.open("w")
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
         try:
             deadline = time.monotonic() + 300
             while True:
@@ -206,20 +211,31 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
-                        print(server.stderr.read() if server.stderr else "", file=sys.stderr)
+                        print(log_path.read_text()[-3000:], file=sys.stderr)
                         return 1
                     time.sleep(0.5)
             result = asyncio.run(
                 soak(port, server.pid, args.clients, args.minutes * 60, args.warmup_minutes * 60)
             )
+            print(json.dumps(result, indent=2), flush=True)
         finally:
+            # The server drains on SIGTERM: how long it takes is part of the result.
+            stopping = time.monotonic()
             server.terminate()
-            server.wait(60)
-    print(json.dumps(result, indent=2))
+            try:
+                server.wait(120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            shutdown_s = time.monotonic() - stopping
+            log.close()
+    result["shutdown_s"] = round(shutdown_s, 1)
+    result["server_exit_code"] = server.returncode
+    print(f"server stopped in {shutdown_s:.1f} s with exit code {server.returncode}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     failed = sum(n for kind, n in result["requests"].items() if kind.endswith("FAILED"))
-    return 0 if failed == 0 and result["rss_growth"] <= 0.10 else 1
+    return 0 if failed == 0 and result["rss_growth"] <= 0.10 and server.returncode == 0 else 1
 
 
 if __name__ == "__main__":
