@@ -28,7 +28,7 @@ from typing import Any
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.event import Event, Eventable, async_read_event
+from wyoming.event import Event, Eventable
 from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice, TtsVoiceSpeaker
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
@@ -53,6 +53,7 @@ from .speech import (
     short_failure,
 )
 from .text import SentenceBuffer
+from .wire import Idle, WireError, read_event
 
 # InferenceQueue is re-exported: the server wiring builds one and passes it to every handler.
 __all__ = ["HandlerOptions", "InferenceQueue", "Qwen3TTSEventHandler", "RequestError", "find_voice"]
@@ -117,6 +118,7 @@ class _Stream:
 _Job = Callable[[], Awaitable[None]]
 
 BUSY = "busy"
+BODY_TIMEOUT = 30.0  # seconds the rest of an event may take once its header line arrived
 SEND_BUFFER_BYTES = 256 * 1024  # about 5 s of 24 kHz 16-bit audio
 
 
@@ -169,8 +171,13 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
 
     @property
     def busy(self) -> bool:
-        """True while this connection has audio to send or a stream open."""
-        return not self._closing and (self._stream is not None or self._speaking or not self._jobs.empty())
+        """True while this connection has audio to send or a stream open (a shutdown waits for it)."""
+        return not self._closing and (self._stream is not None or self.speaking)
+
+    @property
+    def speaking(self) -> bool:
+        """True while audio is being made or waits to be (a silent client is not idle then)."""
+        return not self._closing and (self._speaking or not self._jobs.empty())
 
     async def run(self) -> None:
         """Serve the connection; unreadable input or a lost client ends only this connection."""
@@ -192,18 +199,26 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
             self.connections.open.discard(self)
 
     async def _read_events(self) -> None:
-        """wyoming's read loop, with the idle timeout: silence with nothing to say ends the connection."""
+        """Read events until the client closes, an event is refused, or the connection sits idle.
+
+        Idle means no event for --idle-timeout while nothing is being spoken: an open stream
+        whose client went silent counts as idle too.
+        """
         self._is_running = True
         try:
             while self._is_running:
                 try:
-                    event = await asyncio.wait_for(
-                        async_read_event(self.reader), self.options.idle_timeout or None
+                    event = await read_event(
+                        self.reader, self.options.idle_timeout, BODY_TIMEOUT, lambda: self.speaking
                     )
-                except asyncio.TimeoutError:
-                    if self.busy:
+                except Idle:
+                    if self.speaking:
                         continue
                     _LOGGER.info("Closing %s: idle for %.0f s", self._client, self.options.idle_timeout)
+                    break
+                except WireError as err:
+                    _LOGGER.warning("Closing %s: %s", self._client, err)
+                    await self._fail(str(err), err.code)
                     break
                 if event is None or not await self.handle_event(event):
                     break
@@ -230,9 +245,11 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         if self._closing or self._stream is not None:
             if self._stream is not None:
                 _LOGGER.debug("Client left in the middle of a stream")
+            self._closing = True
             speaker.cancel()
-        else:
-            self._jobs.put_nowait(None)
+        # The end of the queue, also for a speaker that missed the cancel (asyncio.wait_for in Python
+        # 3.11 swallows a cancel that arrives as the write it waits for completes): it stops there.
+        self._jobs.put_nowait(None)
         await asyncio.wait([speaker])
 
     # -- events ---------------------------------------------------------------
@@ -377,7 +394,7 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
             self._queue(partial(self._speak, response, part))
 
     async def _work_through_jobs(self) -> None:
-        while (job := await self._jobs.get()) is not None:
+        while (job := await self._jobs.get()) is not None and not self._closing:
             self._speaking = True
             try:
                 await job()

@@ -32,6 +32,9 @@ INVALID_SSML = "invalid-ssml"
 INVALID_EVENT = "invalid-event"
 SYNTHESIS_FAILED = "synthesis-failed"
 TEXT_FORMATS = ("text", "ssml")
+NAME_SHOWN = 40  # characters of an unknown voice name repeated in the error
+MAX_PAUSE_MS = 10_000  # longest SSML break (SSML itself suggests up to 10 s)
+MAX_SILENCE_MS = 60_000  # most silence one request may ask for with breaks
 
 
 class RequestError(Exception):
@@ -106,6 +109,16 @@ class Speech:
         if chars > self.options.max_text_chars:
             raise RequestError(f"Text is longer than {self.options.max_text_chars} characters", TEXT_TOO_LONG)
 
+    def check_text(self, text: str) -> None:
+        """Length, and text the tokenizer can take (JSON escapes can make lone surrogates)."""
+        self.check_length(len(text))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(
+                "Text is not valid Unicode (it holds a lone surrogate)", INVALID_EVENT
+            ) from None
+
     # -- voice and language ---------------------------------------------------
 
     def open(
@@ -134,7 +147,7 @@ class Speech:
         if request.name or request.speaker:
             voice = find_voice(voices, request.name, request.speaker)
             if voice is None:
-                wanted = request.name or request.speaker
+                wanted = (request.name or request.speaker or "")[:NAME_SHOWN]
                 raise RequestError(f"Unknown voice {wanted!r}; known: {voice_names(voices)}", UNKNOWN_VOICE)
             return voice
         return self.default_voice()
@@ -173,17 +186,20 @@ class Speech:
         if document.ignored:
             _LOGGER.debug("SSML elements spoken without their tags: %s", ", ".join(document.ignored))
         parts: list[Part] = []
+        silence_left = MAX_SILENCE_MS
         for segment in document.segments(utterance.language):
             parts.extend(split_sentences(segment.text))
-            if segment.pause_ms:
-                parts.append(Pause(segment.pause_ms))
+            pause = min(segment.pause_ms, MAX_PAUSE_MS, silence_left)
+            if pause > 0:
+                parts.append(Pause(pause))
+                silence_left -= pause
         return parts
 
     def prepare(
         self, text: str, text_format: str, request: VoiceRequest, client: str = "-"
     ) -> tuple[Utterance, list[Part]]:
         """A whole one-shot request: its utterance and the parts to speak, or a RequestError."""
-        self.check_length(len(text))
+        self.check_text(text)
         if text_format == "ssml":
             document = read_ssml(text)
             utterance = self.open(request, document.language, client)

@@ -301,7 +301,7 @@ def create_app(state: ApiState) -> FastAPI:
         transcript = None if body.x_vector_only_mode else (body.ref_text or "").strip() or None
         _check_not_busy(state)
         try:
-            speech.check_length(len(body.input))
+            speech.check_text(body.input)
             voice = await speech.inference.run(speech.engine.clone_voice, audio, transcript)
             utterance = Utterance(
                 voice=voice, language="auto", client=describe_client(_peer(request), "http")
