@@ -238,7 +238,7 @@ def test_voice_design_model_speaks_its_default_voice(model_args):
     [
         (["--model", "/nonexistent/model"], 2, "does not exist"),
         (["--dtype", "int3"], 2, "--dtype"),
-        (["--backend", "ipex", "--model", "/tmp"], 2, "not available yet"),
+        (["--backend", "ipex", "--model", "/tmp"], 2, "script/setup --ipex"),
         (
             ["--model", "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice", "--data-dir", "/nonexistent"],
             2,

@@ -53,7 +53,7 @@ def test_our_names_win_over_the_legacy_ones():
         ({"TTS_DTYPE": "int3"}, "TTS_DTYPE"),
         ({"TTS_WARMUP_ON_START": "maybe"}, "TTS_WARMUP_ON_START"),
         ({"TTS_DEVICE": "cuda"}, "cpu"),
-        ({"USE_IPEX": "1"}, "not available yet"),
+        ({"USE_IPEX": "1"}, "script/setup --ipex"),
         ({"OV_WEIGHTS": "int3"}, "OV_WEIGHTS"),
     ],
 )

@@ -13,6 +13,7 @@ shared and noisy, so compare the ratios within one run, not across runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ TEXT = (
     "twenty one degrees."
 )
 DEFAULT_MODEL_DIR = Path("data/benchmark/real-0.6b-custom_voice")
+IPEX_PYTHON = Path(__file__).resolve().parent.parent / ".venv-ipex" / "bin" / "python"
 BASELINE = "stock-float32"
 
 
@@ -43,10 +45,17 @@ class BenchmarkSetting:
     quantize: str = "none"
     weights: str = ""  # OpenVINO export weights; empty for the PyTorch backend
     http: bool = False  # server rows: time the HTTP API (pcm over /v1/audio/speech) after a Wyoming request
+    ipex: bool = False  # --backend ipex
+    torch28: bool = False  # run in .venv-ipex (torch 2.8, script/setup --ipex); every ipex row does
 
     @property
     def backend(self) -> str:
-        return "openvino" if self.weights else "pytorch"
+        return "openvino" if self.weights else "ipex" if self.ipex else "pytorch"
+
+    @property
+    def python(self) -> Path | None:
+        """The interpreter of .venv-ipex for the rows that run there, else None (this one)."""
+        return IPEX_PYTHON if self.ipex or self.torch28 else None
 
 
 SETTINGS = {
@@ -63,8 +72,18 @@ SETTINGS = {
         BenchmarkSetting("openvino-int8", "engine", "auto", weights="int8"),
         BenchmarkSetting("openvino-int4", "engine", "auto", weights="int4"),
         BenchmarkSetting("server-openvino-int8", "server", "auto", weights="int8"),
+        # In .venv-ipex: the pytorch backend on its torch 2.8 (what IPEX adds is the difference), then IPEX.
+        BenchmarkSetting("torch2.8-float32", "engine", "float32", torch28=True),
+        BenchmarkSetting("torch2.8-int8", "engine", "auto", "int8", torch28=True),
+        BenchmarkSetting("ipex-float32", "engine", "float32", ipex=True),
+        BenchmarkSetting("ipex-bfloat16", "engine", "bfloat16", ipex=True),  # AVX-512 or AVX-NE-CONVERT only
+        BenchmarkSetting("ipex-int8", "engine", "float32", "int8", ipex=True),  # weight-only: very slow here
+        BenchmarkSetting("server-ipex", "server", "auto", "auto", ipex=True),
     )
 }
+# ipex-int8 takes many minutes on one-token steps (see engine/ipex.py) and ipex-bfloat16 needs AVX-512:
+# both only when named.
+DEFAULT_SETTINGS = [name for name in SETTINGS if name not in ("ipex-int8", "ipex-bfloat16")]
 
 
 def cpu_name() -> str:
@@ -75,6 +94,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def cpu_isa() -> str:
+    """The instruction sets the PyTorch and IPEX kernels choose by, present and missing."""
+    from .cpu import cpu_flags
+
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
+    flags = cpu_flags()
+    has = [f for f in wanted if f in flags]
+    return f"{' '.join(has) or 'none'} (no {', '.join(f for f in wanted if f not in flags) or '-'})"
 
 
 def peak_rss_gb() -> float:
@@ -134,6 +163,8 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         warmup=False,
         **openvino_settings(setting, model_dir),
     )
+    if setting.ipex:
+        settings = dataclasses.replace(settings, backend="ipex")
     started = time.perf_counter()
     engine = create_engine(settings, model_dir)
     precision = getattr(engine, "precision", None)
@@ -269,6 +300,8 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     command += ["--quantize", setting.quantize]
     if setting.http:
         command += ["--http-uri", f"tcp://127.0.0.1:{http_port}"]
+    if setting.ipex:
+        command += ["--backend", "ipex"]
     if setting.backend == "openvino":
         command += [
             "--backend",
@@ -319,6 +352,8 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         server.wait(30)
     if setting.weights:
         precision = f"server, --backend openvino ({setting.weights} export)"
+    elif setting.ipex:
+        precision = f"server, --backend ipex --dtype {setting.dtype} --quantize {setting.quantize}"
     else:
         precision = f"server, --dtype {setting.dtype} --quantize {setting.quantize}"
     return {
@@ -478,6 +513,10 @@ def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
     setting = SETTINGS[name]
     measure = {"stock": measure_stock, "engine": measure_engine, "server": measure_server}[setting.path]
     result = measure(setting, model_dir, frames, threads)
+    if setting.python:  # the .venv-ipex rows: say which torch they ran on
+        import torch
+
+        result["precision"] += f" [torch {torch.__version__.split('+')[0]}]"
     audio_s = result["samples"] / 24000
     result.update(
         name=name,
@@ -509,7 +548,9 @@ def ensure_model(model_dir: Path) -> Path:
 def table(results: list[dict]) -> str:
     """The markdown table: ratios to stock float32 and to the fastest PyTorch row of the same run."""
     baseline = next((r for r in results if r["name"] == BASELINE), None)
-    pytorch = [r for r in results if not SETTINGS[r["name"]].weights and SETTINGS[r["name"]].path != "stock"]
+    pytorch = [
+        r for r in results if SETTINGS[r["name"]].backend == "pytorch" and SETTINGS[r["name"]].path != "stock"
+    ]
     best = min(pytorch, key=lambda r: r["rtf"], default=None)
     lines = [
         "| setting | load s | peak RSS GB | first audio s | real-time factor | speed-up vs stock float32 "
@@ -534,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=48, help="frames per timed synthesis (80 ms each)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}"
+        "--settings", default=",".join(DEFAULT_SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}"
     )
     parser.add_argument(
         "--concurrency",
@@ -564,14 +605,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
     model_dir = ensure_model(args.model)
     print(
-        f"CPU: {cpu_name()}; {args.threads} threads; "
+        f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; "
         f"{args.frames} frames ({args.frames * FRAME_SECONDS:.2f} s)"
     )
     for weights in sorted({SETTINGS[n].weights for n in names} - {""}):
         ensure_export(model_dir, weights)
-    results = []
+    results, skipped = [], 0
     for name in names:
-        child = [sys.executable, "-m", "wyoming_qwen3tts.benchmark", "--one", name, "--model", str(model_dir)]
+        python = SETTINGS[name].python or Path(sys.executable)
+        if not python.is_file():
+            print(
+                f"{name}: skipped, no {python.parent.parent.name} (script/setup --ipex builds it)",
+                file=sys.stderr,
+            )
+            skipped += 1
+            continue
+        child = [str(python), "-m", "wyoming_qwen3tts.benchmark", "--one", name, "--model", str(model_dir)]
         child += ["--frames", str(args.frames), "--threads", str(args.threads)]
         done = subprocess.run(child, capture_output=True, text=True, check=False, env={**os.environ})
         if done.returncode != 0:
@@ -596,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{result['name']}, ms per 80 ms frame: {parts} (total {sum(profile.values()):.1f})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    return 0 if len(results) == len(names) else 1
+    return 0 if len(results) + skipped == len(names) else 1
 
 
 if __name__ == "__main__":

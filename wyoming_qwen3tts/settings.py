@@ -23,7 +23,8 @@ DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 DEFAULT_URI = "tcp://0.0.0.0:10200"
 DEFAULT_ZEROCONF_NAME = "qwen3-tts"
 BACKENDS = ("pytorch", "ipex", "openvino")
-AVAILABLE_BACKENDS = ("pytorch", "openvino")
+AVAILABLE_BACKENDS = ("pytorch", "ipex", "openvino")
+IPEX_TORCH = "2.8."  # intel-extension-for-pytorch 2.8.0, its last release, runs on torch 2.8.x only
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTIONS = ("sdpa", "eager")
 QUANTIZE = ("auto", "none", "int8")
@@ -307,6 +308,34 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     return settings
 
 
+def ipex_problem() -> str | None:
+    """Why --backend ipex cannot run in this Python environment, or None if it can.
+
+    Read from the installed packages' metadata, importing neither: IPEX 2.8.0
+    beside another torch dies on import with an error of its own version check.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "none"
+    try:
+        version("intel-extension-for-pytorch")
+    except PackageNotFoundError:
+        return (
+            f"backend 'ipex' needs intel-extension-for-pytorch, which runs only on torch {IPEX_TORCH}x "
+            f"(this environment has torch {torch_version}): run script/setup --ipex once, "
+            "then script/run --backend ipex (or use --backend pytorch)"
+        )
+    if not torch_version.startswith(IPEX_TORCH):
+        return (
+            f"backend 'ipex' needs torch {IPEX_TORCH}x, this environment has torch {torch_version}: "
+            "run script/setup --ipex once, then script/run --backend ipex (or use --backend pytorch)"
+        )
+    return None
+
+
 def check(settings: Settings) -> None:
     """Refuse settings that cannot work, naming the fix."""
     if settings.backend not in AVAILABLE_BACKENDS:
@@ -314,6 +343,8 @@ def check(settings: Settings) -> None:
             f"backend {settings.backend!r} is not available yet in this version; "
             f"use --backend pytorch (and unset USE_IPEX / OV_MODEL_DIR)"
         )
+    if settings.backend == "ipex" and (problem := ipex_problem()):
+        raise SettingsError(problem)
     if settings.device.lower() != "cpu":
         raise SettingsError(
             f"device {settings.device!r} is not supported: this server runs on the CPU; use --device cpu"

@@ -23,6 +23,10 @@ def create_engine(settings: Settings, model_dir: Path | None = None) -> Engine:
         from .pytorch import PyTorchEngine
 
         return PyTorchEngine(model_dir or resolve_model_dir(settings.model, settings.data_dir), settings)
+    if settings.backend == "ipex":
+        from .ipex import IpexEngine  # imports IPEX only after checking the torch beside it
+
+        return IpexEngine(model_dir or resolve_model_dir(settings.model, settings.data_dir), settings)
     raise SettingsError(
         f"backend {settings.backend!r} is not available yet; available: {', '.join(AVAILABLE_BACKENDS)}"
     )

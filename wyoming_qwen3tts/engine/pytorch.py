@@ -26,7 +26,7 @@ from .precision import Precision, choose_precision
 from .prompt import CloneReference, PromptBuilder, TorchEmbeddingTables
 from .quantize import KERNELS
 from .streaming import EngineParts, StreamingEngine, to_pcm16
-from .torch_steps import TorchSteps, keep_float
+from .torch_steps import LinearFactory, TorchSteps, keep_float
 
 __all__ = ["PyTorchEngine", "apply_precision", "configure_threads", "to_pcm16"]
 
@@ -52,11 +52,12 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype, keep: tuple[torch.nn.Modu
             tensor.data = tensor.data.to(dtype)
 
 
-def apply_precision(model: Any, precision: Precision) -> TorchSteps:
+def apply_precision(model: Any, precision: Precision, kernel: LinearFactory | None = None) -> TorchSteps:
     """Give each part of a loaded model the formats precision names (see engine/precision.py).
 
     Returns the steps, which take over (and, for int8, quantize) the talker's
-    and code predictor's projections.
+    and code predictor's projections; kernel, if given, makes each of them
+    (another backend's layers) instead of engine/quantize.py's.
     """
     talker = model.talker
     # The text embedding (151936 x 2048) and its projection only build prompts: they keep the load dtype.
@@ -72,7 +73,7 @@ def apply_precision(model: Any, precision: Precision) -> TorchSteps:
     _cast(model, getattr(torch, precision.compute_dtype), keep=keep)
     _cast(model.speech_tokenizer.model.decoder, getattr(torch, precision.codec_dtype))
     pages.release()
-    convert = KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float
+    convert = kernel or (KERNELS[precision.int8_kernel] if precision.int8_kernel else keep_float)
 
     def make_linear(linear: torch.nn.Linear) -> torch.nn.Module:
         # Each converted layer's checkpoint pages go at once, so they never pile up into the peak.
@@ -97,13 +98,23 @@ class TorchReferenceEncoder:
 
 
 class PyTorchEngine(StreamingEngine):
-    """Qwen3-TTS on plain PyTorch, on the qwen-tts model classes."""
+    """Qwen3-TTS on plain PyTorch, on the qwen-tts model classes.
+
+    Another backend on the same model classes (engine/ipex.py) overrides
+    _choose_precision and _steps, where the kernels are chosen.
+    """
+
+    def _choose_precision(self, settings: Settings) -> Precision:
+        return choose_precision(settings)
+
+    def _steps(self, model: Any) -> TorchSteps:
+        return apply_precision(model, self.precision)
 
     def __init__(self, model_dir: Path, settings: Settings) -> None:
         qwen_tts = import_qwen_tts()
         threads = configure_threads(settings)
         try:
-            self.precision = choose_precision(settings)
+            self.precision = self._choose_precision(settings)
         except ValueError as err:
             raise EngineError(str(err), "bad-settings") from None
         started = time.monotonic()
@@ -111,7 +122,7 @@ class PyTorchEngine(StreamingEngine):
             str(model_dir), dtype=getattr(torch, self.precision.load_dtype), attn_implementation=settings.attn
         )
         model = tts.model.eval()
-        steps = apply_precision(model, self.precision)
+        steps = self._steps(model)
         base = model.tts_model_type == "base"
         encoders = [
             ("speaker_encoder", model.speaker_encoder),
