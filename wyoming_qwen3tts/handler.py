@@ -472,6 +472,9 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
     async def _send(self, message: Eventable) -> None:
         if self.writer.is_closing():
             raise ConnectionResetError("connection closed")
+        if self._closing and not isinstance(message, Error):
+            # After an error (or stop) the error is the last event this client gets.
+            raise ConnectionAbortedError("connection closing")
         try:
             await asyncio.wait_for(self.write_event(message.event()), self.options.write_timeout or None)
         except asyncio.TimeoutError:
