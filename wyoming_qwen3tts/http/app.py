@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from ..engine.base import EngineError
 from ..languages import to_bcp47
 from ..speech import (
+    NAME_SHOWN,
     UNKNOWN_VOICE,
     Part,
     RequestError,
@@ -40,7 +41,7 @@ from ..speech import (
     short_failure,
 )
 from ..voices.config import CONFIG_NAME, read_openai_voices
-from .encoding import FORMATS, SPEED_RANGE, AudioEncoder
+from .encoding import FORMATS, SPEED_RANGE, AudioEncoder, AudioFormat
 from .openai_names import MODEL_NAMES, OPENAI_VOICES, UnknownModel, language_of_model, voice_for
 
 _LOGGER = logging.getLogger(__name__)
@@ -245,10 +246,7 @@ def create_app(state: ApiState) -> FastAPI:
     @app.post("/v1/audio/speech", response_class=StreamingResponse)
     async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
         """Speech of `input`, streamed as it is synthesized."""
-        speech = state.loaded()
-        _check_input(body.input)
-        audio_format = _audio_format(body.response_format)
-        _check_speed(body.speed)
+        speech, audio_format = _checked(state, body.input, body.response_format, body.speed)
         try:
             model_language = language_of_model(body.model)
         except UnknownModel as err:
@@ -265,7 +263,8 @@ def create_app(state: ApiState) -> FastAPI:
                 )
                 if voice is None:
                     raise RequestError(
-                        f"Unknown voice {voice_name!r}; GET /v1/audio/voices lists them", UNKNOWN_VOICE
+                        f"Unknown voice {voice_name[:NAME_SHOWN]!r}; GET /v1/audio/voices lists them",
+                        UNKNOWN_VOICE,
                     )
                 voice_request = VoiceRequest(
                     name=voice.name, language=voice_request.language, instructions=body.instructions
@@ -283,10 +282,7 @@ def create_app(state: ApiState) -> FastAPI:
     @app.post("/v1/audio/voice-clone", response_class=StreamingResponse)
     async def voice_clone(body: VoiceCloneRequest, request: Request) -> StreamingResponse:
         """Speech of `input` in the voice of `ref_audio` (Base models), streamed."""
-        speech = state.loaded()
-        _check_input(body.input)
-        audio_format = _audio_format(body.response_format)
-        _check_speed(body.speed)
+        speech, audio_format = _checked(state, body.input, body.response_format, body.speed)
         try:
             audio = base64.b64decode(body.ref_audio, validate=True)
         except (binascii.Error, ValueError):
@@ -391,7 +387,7 @@ def _check_not_busy(state: ApiState) -> None:
         )
 
 
-def _audio_format(name: str) -> Any:
+def _audio_format(name: str) -> AudioFormat:
     audio_format = FORMATS.get(name.strip().lower())
     if audio_format is None:
         raise ApiError(
@@ -401,6 +397,15 @@ def _audio_format(name: str) -> Any:
             "response_format",
         )
     return audio_format
+
+
+def _checked(state: ApiState, text: str, response_format: str, speed: float) -> tuple[Speech, AudioFormat]:
+    """What every speech route checks first: a loaded model, some input, a known format, a speed."""
+    speech = state.loaded()
+    _check_input(text)
+    audio_format = _audio_format(response_format)
+    _check_speed(speed)
+    return speech, audio_format
 
 
 def _check_input(text: str) -> None:
