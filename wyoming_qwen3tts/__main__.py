@@ -16,7 +16,6 @@ import stat
 import sys
 from functools import partial
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from wyoming.server import AsyncServer
 
@@ -234,11 +233,12 @@ async def advertise_server(settings: Settings, name: str) -> Advertisement | Non
     """Advertise over zeroconf under name; on failure, warn and carry on without it."""
     from .discovery import advertise  # zeroconf is imported only when used
 
-    parsed = urlparse(settings.uri)
-    if parsed.scheme != "tcp" or parsed.port is None:
+    address = wyoming_address(settings.uri)
+    if isinstance(address, str):  # settings.check refuses --zeroconf with a unix:// --uri already
         raise StartupError("--zeroconf needs a tcp:// --uri with a port")
+    host, port = address
     try:
-        return await advertise(name, parsed.port, parsed.hostname, settings.zeroconf_host)
+        return await advertise(name, port, host, settings.zeroconf_host)
     except (OSError, RuntimeError, ValueError) as err:
         _LOGGER.warning("Not advertising over zeroconf (%s); add the server by host and port instead", err)
         return None

@@ -39,14 +39,15 @@ from .engine.base import Engine, EngineError, Voice
 from .inference import InferenceQueue
 from .languages import AUTO, to_bcp47
 from .speech import (
+    INVALID_EVENT,
     SYNTHESIS_FAILED,
-    TEXT_FORMATS,
     Part,
     RequestError,
     Speech,
     SpeechOptions,
     Utterance,
     VoiceRequest,
+    check_text_format,
     describe_client,
     find_voice,
     read_ssml,
@@ -68,7 +69,6 @@ PROGRAM_DESCRIPTION = "Qwen3-TTS text to speech on the CPU"
 # Wyoming-only error codes (the speech layer has the others).
 NO_STREAM = "no-stream"
 STREAM_ALREADY_OPEN = "stream-already-open"
-INVALID_EVENT = "invalid-event"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -517,12 +517,7 @@ def _optional_text(data: dict[str, Any], key: str) -> str | None:
 
 
 def _text_format_of(data: dict[str, Any]) -> str:
-    text_format = data.get("text_format") or "text"
-    if text_format not in TEXT_FORMATS:
-        raise RequestError(
-            f"text_format {text_format!r} is not supported; send {' or '.join(TEXT_FORMATS)}", INVALID_EVENT
-        )
-    return str(text_format)
+    return check_text_format(data.get("text_format") or "text")
 
 
 def _text_of(data: dict[str, Any], event_type: str) -> str:

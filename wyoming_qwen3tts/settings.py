@@ -379,22 +379,27 @@ def wyoming_address(uri: str) -> tuple[str, int] | str:
             "--uri stdio:// is not supported: audio still being synthesized when the input ends would be "
             "lost; use tcp://HOST:PORT or unix://PATH"
         )
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    if parsed.scheme != "tcp" or not parsed.hostname or port is None:
+    address = _tcp_address(uri)
+    if address is None:
         raise SettingsError(f"--uri {uri!r} must look like tcp://0.0.0.0:10200 or unix:///run/qwen3tts.sock")
-    return parsed.hostname, port
+    return address
 
 
 def http_address(uri: str) -> tuple[str, int]:
     """Host and port of --http-uri (tcp://HOST:PORT)."""
+    address = _tcp_address(uri)
+    if address is None:
+        raise SettingsError(f"--http-uri {uri!r} must look like tcp://0.0.0.0:8880")
+    return address
+
+
+def _tcp_address(uri: str) -> tuple[str, int] | None:
+    """(host, port) of tcp://HOST:PORT, or None if uri is not one."""
     parsed = urlparse(uri)
     try:
         port = parsed.port
-    except ValueError:
-        port = None
+    except ValueError:  # not a number, or out of range
+        return None
     if parsed.scheme != "tcp" or not parsed.hostname or port is None:
-        raise SettingsError(f"--http-uri {uri!r} must look like tcp://0.0.0.0:8880")
+        return None
     return parsed.hostname, port

@@ -200,15 +200,10 @@ class Speech:
     ) -> tuple[Utterance, list[Part]]:
         """A whole one-shot request: its utterance and the parts to speak, or a RequestError."""
         self.check_text(text)
-        if text_format == "ssml":
+        if check_text_format(text_format) == "ssml":
             document = read_ssml(text)
             utterance = self.open(request, document.language, client)
             return utterance, self.ssml_parts(utterance, document)
-        if text_format != "text":
-            raise RequestError(
-                f"text_format {text_format!r} is not supported; send {' or '.join(TEXT_FORMATS)}",
-                INVALID_EVENT,
-            )
         return self.open(request, client=client), self.text_parts(text)
 
     # -- parts into PCM -----------------------------------------------------------
@@ -315,6 +310,15 @@ def find_voice(voices: Sequence[Voice], name: str | None, speaker: str | None = 
             if (voice.speaker or "").casefold() == speaker.casefold():
                 return voice
     return None
+
+
+def check_text_format(text_format: Any) -> str:
+    """The request's text format, if it is one of TEXT_FORMATS."""
+    if text_format not in TEXT_FORMATS:
+        raise RequestError(
+            f"text_format {text_format!r} is not supported; send {' or '.join(TEXT_FORMATS)}", INVALID_EVENT
+        )
+    return str(text_format)
 
 
 def read_ssml(text: str) -> SsmlDocument:
