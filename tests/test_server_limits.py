@@ -24,6 +24,8 @@ from wyoming.event import async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
+from wyoming_qwen3tts.wire import event_bytes
+
 FRAMES = 16  # QUICK's --max-frames
 
 
@@ -135,7 +137,7 @@ def test_a_client_that_stops_reading_is_dropped_and_frees_its_synthesis(tiny_mod
         stalled.connect(("127.0.0.1", server.port))
         client = f"wyoming 127.0.0.1:{stalled.getsockname()[1]}"
         request = Synthesize(text=sentences(80)).event()
-        stalled.sendall(_event_bytes(request))
+        stalled.sendall(event_bytes(request))
         time.sleep(write_timeout + 10)  # never read: the server's writes block once the buffers are full
         other = asyncio.run(send(server.uri, Synthesize(text="Still here.").event(), until=is_audio_stop))
         stalled.close()
@@ -148,16 +150,6 @@ def test_a_client_that_stops_reading_is_dropped_and_frees_its_synthesis(tiny_mod
     assert len(chunks_after) <= 1  # freed within one chunk of the timeout
     assert len(audio_of(other)) == FRAMES * SAMPLES_PER_FRAME
     print(f"dropped after {len([1 for line in lines[: dropped[0]] if client + ': chunk of' in line])} chunks")
-
-
-def _event_bytes(event) -> bytes:
-    import io
-
-    from wyoming.event import write_event
-
-    buffer = io.BytesIO()
-    write_event(event, buffer)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FRAME_SECONDS = 0.08
 TEXT = (
@@ -282,22 +283,9 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     """The whole server as Home Assistant meets it: one-sentence synthesize to first audio-chunk."""
     import asyncio
 
-    from wyoming.audio import AudioChunk, AudioStop
-    from wyoming.client import AsyncTcpClient
-    from wyoming.tts import Synthesize
-
-    port, http_port = _free_port(), _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "wyoming_qwen3tts",
-        "--model",
-        str(model_dir),
-        "--uri",
-        f"tcp://127.0.0.1:{port}",
-    ]
-    command += ["--threads", str(threads), "--greedy", "--max-frames", str(frames), "--dtype", setting.dtype]
-    command += ["--quantize", setting.quantize]
+    port, http_port = free_port(), free_port()
+    command = server_command(model_dir, port, frames, threads)
+    command += ["--dtype", setting.dtype, "--quantize", setting.quantize]
     if setting.http:
         command += ["--http-uri", f"tcp://127.0.0.1:{http_port}"]
     if setting.ipex:
@@ -313,30 +301,10 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     async def synthesize() -> tuple[float, float, int, float]:
-        while True:
-            try:
-                client = AsyncTcpClient("127.0.0.1", port)
-                await client.connect()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    _, errors = server.communicate()
-                    raise RuntimeError(f"server exited: {errors[-2000:]}") from None
-                await asyncio.sleep(0.2)
+        client = await _connect_when_up(port, server)
         load_s = time.perf_counter() - started
-        sent = time.perf_counter()
-        await client.write_event(Synthesize(text=TEXT).event())
-        first, samples = None, 0
-        while True:
-            event = await client.read_event()
-            if event is None or AudioStop.is_type(event.type):
-                break
-            if AudioChunk.is_type(event.type):
-                first = first or time.perf_counter() - sent
-                samples += len(AudioChunk.from_event(event).audio) // 2
-        total = time.perf_counter() - sent
-        await client.disconnect()
-        return load_s, first or total, samples, total
+        first, total, samples = await _speak_once(client)
+        return load_s, first, samples, total
 
     extra = {}
     try:
@@ -345,8 +313,7 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
             extra["wyoming_first_audio_s"] = first
             extra["http_mp3_first_audio_s"] = _http_speech(http_port, "mp3")[0]
             first, samples, total = _http_speech(http_port)
-        status = Path(f"/proc/{server.pid}/status").read_text()
-        peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        peak_gb = process_memory_gb(server.pid, "VmHWM")
     finally:
         server.terminate()
         server.wait(30)
@@ -361,7 +328,7 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         "first_audio_s": first,
         "total_s": total,
         "samples": samples,
-        "server_peak_rss_gb": peak_kb / 1024 / 1024,
+        "server_peak_rss_gb": peak_gb,
         "precision": precision + (", over HTTP (pcm)" if setting.http else ""),
         **extra,
     }
@@ -376,56 +343,26 @@ def measure_concurrency(model_dir: Path, frames: int, threads: int, levels: list
     import asyncio
     import threading
 
-    from wyoming.audio import AudioChunk, AudioStop
     from wyoming.client import AsyncTcpClient
-    from wyoming.tts import Synthesize
 
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "wyoming_qwen3tts",
-        "--model",
-        str(model_dir),
-        "--uri",
-        f"tcp://127.0.0.1:{port}",
-    ]
-    command += ["--threads", str(threads), "--greedy", "--max-frames", str(frames)]
+    port = free_port()
+    command = server_command(model_dir, port, frames, threads)
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def resident_gb() -> float:
-        status = Path(f"/proc/{server.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 2**20
+        return process_memory_gb(server.pid, "VmRSS")
 
     async def one_client() -> tuple[float, float, int]:
         client = AsyncTcpClient("127.0.0.1", port)
         await client.connect()
-        sent = time.perf_counter()
-        await client.write_event(Synthesize(text=TEXT).event())
-        first, samples = None, 0
-        while (event := await client.read_event()) is not None and not AudioStop.is_type(event.type):
-            if AudioChunk.is_type(event.type):
-                first = first or time.perf_counter() - sent
-                samples += len(AudioChunk.from_event(event).audio) // 2
-        total = time.perf_counter() - sent
-        await client.disconnect()
-        return first or total, total, samples
+        return await _speak_once(client)
 
-    async def wait_ready() -> None:
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                return
-            except OSError:
-                if server.poll() is not None:
-                    raise RuntimeError(f"server exited: {server.communicate()[1][-2000:]}") from None
-                await asyncio.sleep(0.5)
+    async def first_request() -> None:  # the first after start is not measured
+        await _speak_once(await _connect_when_up(port, server))
 
     results = []
     try:
-        asyncio.run(wait_ready())
-        asyncio.run(one_client())  # first request after start: not measured
+        asyncio.run(first_request())
         for level in levels:
             peak = [resident_gb()]
             stop = threading.Event()
@@ -483,12 +420,60 @@ def concurrency_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def process_memory_gb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident (VmRSS) or peak resident (VmHWM) memory, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field))) / 2**20
+
+
+def server_command(model_dir: Path, port: int, frames: int, threads: int) -> list[str]:
+    """`python -m wyoming_qwen3tts` on loopback, greedy, with the benchmark's frame cap and threads."""
+    command = [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(model_dir)]
+    command += ["--uri", f"tcp://127.0.0.1:{port}", "--threads", str(threads), "--greedy"]
+    return [*command, "--max-frames", str(frames)]
+
+
+async def _connect_when_up(port: int, server: subprocess.Popen) -> Any:
+    """A wyoming client connected to the server once it listens (it loads its model first)."""
+    import asyncio
+
+    from wyoming.client import AsyncTcpClient
+
+    while True:
+        try:
+            client = AsyncTcpClient("127.0.0.1", port)
+            await client.connect()
+            return client
+        except OSError:
+            if server.poll() is not None:
+                _, errors = server.communicate()
+                raise RuntimeError(f"server exited: {errors[-2000:]}") from None
+            await asyncio.sleep(0.2)
+
+
+async def _speak_once(client: Any) -> tuple[float, float, int]:
+    """The benchmark text as one synthesize: (first audio s, total s, samples); disconnects."""
+    from wyoming.audio import AudioChunk, AudioStop
+    from wyoming.tts import Synthesize
+
+    sent = time.perf_counter()
+    await client.write_event(Synthesize(text=TEXT).event())
+    first, samples = None, 0
+    while (event := await client.read_event()) is not None and not AudioStop.is_type(event.type):
+        if AudioChunk.is_type(event.type):
+            first = first or time.perf_counter() - sent
+            samples += len(AudioChunk.from_event(event).audio) // 2
+    total = time.perf_counter() - sent
+    await client.disconnect()
+    return first or total, total, samples
 
 
 def _http_speech(port: int, response_format: str = "pcm") -> tuple[float, int, float]:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from wyoming.audio import AudioChunk, AudioStop
 from wyoming.client import AsyncTcpClient
-from wyoming.event import Event
 from wyoming.tts import (
     Synthesize,
     SynthesizeChunk,
@@ -34,6 +33,9 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
+from .benchmark import free_port, process_memory_gb
+from .wire import event_bytes
+
 TEXTS = (
     "The kitchen light is on.",
     "Good morning! It is sunny and warm today.",
@@ -41,17 +43,6 @@ TEXTS = (
 )
 VOICES = ("ryan", "vivian", "aiden")
 READ_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def resident_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
 
 
 async def read_audio(client: AsyncTcpClient, until: str) -> bytes:
@@ -106,20 +97,10 @@ async def garbage(port: int, rng: random.Random) -> None:
 async def vanish(port: int, text: str, voice: str) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     event = Synthesize(text=text, voice=SynthesizeVoice(name=voice)).event()
-    writer.write(_bytes(event))
+    writer.write(event_bytes(event))
     await writer.drain()
     await asyncio.wait_for(reader.read(2000), READ_TIMEOUT)  # some audio, then gone
     writer.transport.abort()
-
-
-def _bytes(event: Event) -> bytes:
-    import io
-
-    from wyoming.event import write_event
-
-    buffer = io.BytesIO()
-    write_event(event, buffer)
-    return buffer.getvalue()
 
 
 async def soak(port: int, pid: int, clients: int, seconds: float, warmup: float) -> dict:
@@ -152,7 +133,7 @@ async def soak(port: int, pid: int, clients: int, seconds: float, warmup: float)
 
     async def sample_memory() -> None:
         while time.monotonic() - started < seconds:
-            samples.append((time.monotonic() - started, resident_mb(pid)))
+            samples.append((time.monotonic() - started, process_memory_gb(pid) * 1024))
             await asyncio.sleep(5)
 
     await asyncio.gather(sample_memory(), *(client(n) for n in range(clients)))

@@ -12,15 +12,17 @@ reaches the tokenizer.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Callable
 from typing import Any
 
-from wyoming.event import Event
+from wyoming.event import Event, write_event
+
+from .speech import INVALID_EVENT
 
 MAX_DATA_BYTES = 1 << 20  # a synthesize of 5,000 characters is about 10 KB of JSON
 MAX_PAYLOAD_BYTES = 1 << 20  # a TTS server is sent no audio
-INVALID_EVENT = "invalid-event"
 
 
 class WireError(Exception):
@@ -126,3 +128,10 @@ def _check_unicode(data: dict[str, Any], event_type: str) -> None:
         raise WireError(
             f"{event_type} event holds text that is not valid Unicode (a lone surrogate)"
         ) from None
+
+
+def event_bytes(event: Event) -> bytes:
+    """An event as it goes over the wire (for clients that write raw sockets: soak, tests)."""
+    buffer = io.BytesIO()
+    write_event(event, buffer)
+    return buffer.getvalue()
