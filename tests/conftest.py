@@ -137,7 +137,7 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m wyoming_qwen3tts` on a loopback port, as a user would start it."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.uri = f"tcp://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -145,6 +145,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:

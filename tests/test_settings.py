@@ -89,6 +89,13 @@ def test_warmup_flag_pair():
     assert parse_settings(["--warmup"], environ={"TTS_WARMUP_ON_START": "0"}).warmup is True
 
 
+def test_compile_is_off_unless_asked_by_flag_or_environment():
+    assert parse_settings([], environ={}).compile is False
+    assert parse_settings([], environ={"QWEN3TTS_COMPILE": "1"}).compile is True
+    assert parse_settings(["--no-compile"], environ={"QWEN3TTS_COMPILE": "1"}).compile is False
+    assert parse_settings(["--compile"], environ={}).compile is True
+
+
 def test_normalize_flag_pair_and_environment():
     assert parse_settings([], environ={}).normalize is True
     assert parse_settings([], environ={"QWEN3TTS_NORMALIZE": "0"}).normalize is False

@@ -20,6 +20,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class BenchmarkSetting:
     http: bool = False  # server rows: time the HTTP API (pcm over /v1/audio/speech) after a Wyoming request
     ipex: bool = False  # --backend ipex
     torch28: bool = False  # run in .venv-ipex (torch 2.8, script/setup --ipex); every ipex row does
+    compile: bool = False  # --compile (engine/compiled_steps.py); its compiling counts in load s
 
     @property
     def backend(self) -> str:
@@ -66,6 +68,8 @@ SETTINGS = {
         BenchmarkSetting("stock-bfloat16", "stock", "bfloat16"),
         BenchmarkSetting("engine-float32", "engine", "float32"),
         BenchmarkSetting("engine-bfloat16", "engine", "bfloat16"),
+        BenchmarkSetting("engine-float32-compiled", "engine", "float32", compile=True),
+        BenchmarkSetting("engine-bfloat16-compiled", "engine", "bfloat16", compile=True),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
         BenchmarkSetting("server-http", "server", "auto", "auto", http=True),
@@ -162,6 +166,7 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         greedy=True,
         max_frames=frames,
         warmup=False,
+        compile=setting.compile,
         **openvino_settings(setting, model_dir),
     )
     if setting.ipex:
@@ -552,6 +557,15 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _run_child(name: str, command: list[str], env: dict[str, str]) -> dict | None:
+    """One setting measured in its own process: its result, or None (said on stderr) if it failed."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        print(f"{name}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="script/benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -607,17 +621,27 @@ def main(argv: list[str] | None = None) -> int:
             continue
         child = [str(python), "-m", "wyoming_qwen3tts.benchmark", "--one", name, "--model", str(model_dir)]
         child += ["--frames", str(args.frames), "--threads", str(args.threads)]
-        done = subprocess.run(child, capture_output=True, text=True, check=False, env={**os.environ})
-        if done.returncode != 0:
-            print(f"{name}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
-            continue
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        with tempfile.TemporaryDirectory() as compile_cache:
+            # A compiled row starts with an empty compile cache (its load s is a first start), then
+            # starts again on what the first start left there (every later start of a server).
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": compile_cache}
+            result = _run_child(name, child, env)
+            if result is None:
+                continue
+            if SETTINGS[name].compile:
+                again = _run_child(name, child, env)
+                result["warm_load_s"] = again["load_s"] if again else None
         results.append(result)
         print(
             f"{name}: rtf {result['rtf']:.2f}, first audio {result['first_audio_s']:.2f} s", file=sys.stderr
         )
     print(table(results))
     for result in results:
+        if "warm_load_s" in result:
+            print(
+                f"\n{result['name']}: load {result['load_s']:.0f} s with an empty compile cache, "
+                f"{result['warm_load_s'] or float('nan'):.0f} s on the cache the first start left"
+            )
         if "wyoming_first_audio_s" in result:
             print(
                 f"\n{result['name']}: first audio {result['first_audio_s']:.2f} s over HTTP as pcm, "

@@ -47,6 +47,7 @@ class Settings:
     dtype: str = "auto"
     attn: str = "sdpa"
     quantize: str = "auto"
+    compile: bool = False  # torch.compile the float talker/predictor steps (engine/compiled_steps.py)
     threads: int = 0  # 0: one per physical performance core (cpu.default_threads)
     interop_threads: int = 1
     voice: str | None = None
@@ -130,6 +131,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "dtype": (("QWEN3TTS_DTYPE", "TTS_DTYPE"), _choice(DTYPES)),
     "attn": (("QWEN3TTS_ATTN", "TTS_ATTN"), _choice(ATTENTIONS)),
     "quantize": (("QWEN3TTS_QUANTIZE", "TTS_QUANTIZE"), _choice(QUANTIZE)),
+    "compile": (("QWEN3TTS_COMPILE",), _bool),
     "threads": (("QWEN3TTS_THREADS", "CPU_THREADS"), _positive_int),
     "interop_threads": (("QWEN3TTS_INTEROP_THREADS", "CPU_INTEROP"), _positive_int),
     "voice": (("QWEN3TTS_VOICE",), str),
@@ -195,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize",
         "int8 weights for the talker and code predictor; auto = int8 where this CPU has a fast int8 kernel",
         choices=QUANTIZE,
+    )
+    add(
+        "compile",
+        "torch.compile the talker's and code predictor's steps when their weights are float (--quantize "
+        "none): ~1.3x faster float32 steps, minutes of compiling at every start, needs a C++ compiler",
+        action=argparse.BooleanOptionalAction,
     )
     add("threads", "torch intra-op threads; 0 = one per physical performance core", type=_positive_int)
     add("interop_threads", "torch inter-op threads", type=_positive_int)

@@ -21,6 +21,7 @@ from ..settings import Settings
 from ..voices import model_fingerprint
 from .base import EngineError
 from .checkpoint_pages import CheckpointPages, release_checkpoint_pages
+from .compiled_steps import compile_if_useful
 from .decoder import TorchCodec
 from .precision import Precision, choose_precision
 from .prompt import CloneReference, PromptBuilder, TorchEmbeddingTables
@@ -110,6 +111,10 @@ class PyTorchEngine(StreamingEngine):
     def _steps(self, model: Any) -> TorchSteps:
         return apply_precision(model, self.precision)
 
+    def _compile(self, steps: TorchSteps, settings: Settings) -> str:
+        """--compile: what it did, for the load log line."""
+        return compile_if_useful(steps, self.precision.int8_kernel, settings.data_dir / "torch-compile-cache")
+
     def __init__(self, model_dir: Path, settings: Settings) -> None:
         qwen_tts = import_qwen_tts()
         threads = configure_threads(settings)
@@ -123,6 +128,9 @@ class PyTorchEngine(StreamingEngine):
         )
         model = tts.model.eval()
         steps = self._steps(model)
+        description = f"{self.precision.describe()}; {threads} threads"
+        if settings.compile:
+            description += f"; {self._compile(steps, settings)}"
         base = model.tts_model_type == "base"
         encoders = [
             ("speaker_encoder", model.speaker_encoder),
@@ -134,7 +142,7 @@ class PyTorchEngine(StreamingEngine):
             codec=TorchCodec(model.speech_tokenizer.model.decoder),
             encoder=TorchReferenceEncoder(tts) if base else None,
             clone_fingerprint=lambda: model_fingerprint(encoders),
-            description=f"{self.precision.describe()}; {threads} threads",
+            description=description,
         )
         super().__init__(model_dir, settings, parts, started)
 

@@ -28,6 +28,8 @@ class KVCache:
 
 
 LinearFactory = Callable[[nn.Linear], nn.Module]
+# (x [1, 1, H], position, keys per layer, values per layer) -> normed hidden states [1, 1, H]
+OneTokenStep = Callable[[torch.Tensor, int, list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
 
 
 def keep_float(linear: nn.Linear) -> nn.Module:
@@ -136,6 +138,8 @@ class DecoderStack:
         # x * cos + roll(x, half) * signed_sin: the sign moves into the table, 3 ops instead of 7.
         half = self.head_dim // 2
         self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        # The step generation repeats; engine/compiled_steps.py may put a compiled one here.
+        self.one_token: OneTokenStep = self.eager_one_token
 
     def new_cache(self, max_len: int) -> KVCache:
         """An uninitialised cache for max_len positions; each utterance owns one."""
@@ -150,15 +154,34 @@ class DecoderStack:
     def forward(self, x: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
         """Run x [1, n, H] at positions start..start+n-1; return the normed hidden states."""
         n = x.shape[1]
-        end = start + n
-        if n > 1 and start != 0:
+        if n == 1:
+            return self.one_token(x, start, cache.keys, cache.values)
+        if start != 0:
             raise ValueError("multi-token steps only at the start of a sequence")
+        return self._layers(x, start, cache.keys, cache.values, causal=True)
+
+    def eager_one_token(
+        self, x: torch.Tensor, start: int, keys: list[torch.Tensor], values: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """One token at position start, op by op (what --compile compiles; prompts stay uncompiled)."""
+        return self._layers(x, start, keys, values, causal=False)
+
+    def _layers(
+        self,
+        x: torch.Tensor,
+        start: int,
+        keys_per_layer: list[torch.Tensor],
+        values_per_layer: list[torch.Tensor],
+        causal: bool,
+    ) -> torch.Tensor:
+        n = x.shape[1]
+        end = start + n
         cos = self.cos[start:end]
         signed_sin = self.signed_sin[start:end]
         hd = self.head_dim
         half = hd // 2
         # Every step runs ~50 small ops per layer, 103 layer steps per frame: each op saved counts.
-        for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
+        for layer, keys, values in zip(self.layers, keys_per_layer, values_per_layer, strict=True):
             heads = layer.qkv(layer.input_norm(x)).view(1, n, -1, hd)  # q heads, k heads, v heads
             qk_heads = layer.q_heads + layer.kv_heads
             qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
@@ -168,7 +191,7 @@ class DecoderStack:
             keys[:, :, start:end] = qk[:, layer.q_heads :]
             values[:, :, start:end] = heads[:, :, qk_heads:].transpose(1, 2)
             out = F.scaled_dot_product_attention(
-                q, keys[:, :, :end], values[:, :, :end], is_causal=n > 1, scale=self.scaling, enable_gqa=True
+                q, keys[:, :, :end], values[:, :, :end], is_causal=causal, scale=self.scaling, enable_gqa=True
             )
             x = x + layer.o(out.transpose(1, 2).reshape(1, n, -1))
             gate, up = layer.gate_up(layer.post_norm(x)).split(layer.intermediate, dim=-1)

@@ -118,6 +118,8 @@ class OpenVINOEngine(StreamingEngine):
         except (ExportError, ModelError) as err:
             raise EngineError(str(err), "no-export") from None
         started = time.monotonic()
+        if settings.compile:
+            _LOGGER.warning("--compile skipped: it applies to --backend pytorch; OpenVINO compiles its own")
         threads = settings.threads or default_threads()
         # torch only draws codes and looks up embeddings here: one thread, so that no OpenMP team spins
         # on the cores OpenVINO's threads need (measured: it made every OpenVINO step 3-4x slower).
