@@ -40,11 +40,14 @@ def _compile_stack(stack: DecoderStack) -> None:
     dynamic=True from the first call: positions and cache lengths vary with every
     sentence, and each new value must not cost a recompile.
     """
-    stack.one_token = torch.compile(stack.eager_one_token, dynamic=True, options={"freezing": True})
+    import torch._inductor.config as inductor_config  # only with --compile
+
+    stack.one_token = torch.compile(stack.eager_one_token, dynamic=True)
     hidden = stack.layers[0].input_norm.shape[0]
     try:
         # Inputs made as the real steps make theirs (inference tensors), or the first real step recompiles.
-        with torch.inference_mode():
+        # Freezing is read while this first call compiles (torch.compile's options= did not reach it).
+        with torch.inference_mode(), inductor_config.patch(freezing=True):
             cache = stack.new_cache(_WARM_POSITION + 2)
             for cached in (*cache.keys, *cache.values):
                 cached.zero_()
