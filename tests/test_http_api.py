@@ -225,6 +225,12 @@ def test_models_voices_and_health(api):
     by_name = {v["name"]: v for v in voices}
     assert {"vivian", "ryan", "uncle_fu"} <= set(by_name)
     assert "alloy" in by_name["vivian"]["openai_names"] and "onyx" in by_name["uncle_fu"]["openai_names"]
+    # The same voices with the same languages, in the same order, as Wyoming's describe lists them.
+    info = Info.from_event(
+        asyncio.run(send(api.process.uri, Describe().event(), until=lambda e: Info.is_type(e.type)))[-1]
+    )
+    described = {v.name: v.languages for v in info.tts[0].voices}
+    assert {name: v["languages"] for name, v in by_name.items()} == described
     health = json.loads(api.request("/health", key=None)[2])
     assert health["status"] == "ok" and health["voices"] == len(voices) and health["backend"] == "pytorch"
     assert api.request("/docs", key=None)[0] == 200

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,7 +37,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from . import __version__
 from .engine.base import Engine, EngineError, Voice
 from .inference import InferenceQueue
-from .languages import AUTO, to_bcp47
+from .languages import AUTO, bcp47_codes
 from .speech import (
     INVALID_EVENT,
     SYNTHESIS_FAILED,
@@ -359,7 +359,7 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
                 attribution=ATTRIBUTION,
                 installed=True,
                 version=None,
-                languages=_bcp47_codes(voice.languages or all_languages),
+                languages=bcp47_codes(voice.languages or all_languages),
                 speakers=_speakers(voice),
             )
             for voice in self.engine.voices()
@@ -525,10 +525,6 @@ def _text_of(data: dict[str, Any], event_type: str) -> str:
     if not isinstance(text, str):
         raise RequestError(f"{event_type} event without text", INVALID_EVENT)
     return text
-
-
-def _bcp47_codes(model_languages: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(to_bcp47(language) for language in model_languages))
 
 
 def _speakers(voice: Voice) -> list[TtsVoiceSpeaker] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 AUTO = "auto"
 
 # Model language name -> BCP-47 primary code. Dialects map to their base language.
@@ -25,6 +27,11 @@ BCP47_TO_MODEL = {code: name for name, code in MODEL_TO_BCP47.items() if "dialec
 def to_bcp47(model_language: str) -> str:
     """ "english" -> "en"; an unknown name is returned unchanged."""
     return MODEL_TO_BCP47.get(model_language.lower(), model_language)
+
+
+def bcp47_codes(model_languages: Iterable[str]) -> list[str]:
+    """Model language names as BCP-47 codes, in the model's order, each once (dialects join their base)."""
+    return list(dict.fromkeys(to_bcp47(language) for language in model_languages))
 
 
 def to_model_language(language: str | None, supported: list[str] | tuple[str, ...]) -> str | None:

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..engine.base import EngineError
-from ..languages import to_bcp47
+from ..languages import bcp47_codes
 from ..speech import (
     NAME_SHOWN,
     UNKNOWN_VOICE,
@@ -235,7 +235,7 @@ def create_app(state: ApiState) -> FastAPI:
                     "name": voice.name,
                     "kind": voice.kind,
                     "description": voice.description or voice.name,
-                    "languages": sorted({to_bcp47(lang) for lang in voice.languages or engine.languages()}),
+                    "languages": bcp47_codes(voice.languages or engine.languages()),  # as describe lists them
                     "follows_instructions": engine.follows_instructions(voice),
                     "openai_names": aliases.get(voice.name, []),
                 }
