@@ -26,7 +26,7 @@ COMPILE_READY_S = 900  # a first compile on a busy 2-core machine; warm starts t
 
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory) -> Path:
-    """One inductor cache for this module's compiles, so only the first of them starts cold."""
+    """Inductor's scratch directory for this module's compiles, apart from the user's."""
     return tmp_path_factory.mktemp("torch-compile-cache")
 
 

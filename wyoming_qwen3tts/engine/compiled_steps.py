@@ -5,20 +5,20 @@ layer; inductor fuses them, and freezing turns the weights into constants it
 can prepack for its matrix kernels. Only the one-token step is compiled: a
 prompt runs once per sentence, and its token count would cost a compile of its own.
 
-Measured on 2 threads, real 0.6B dimensions, on AVX2 without VNNI or bf16 (per step, eager ->
-compiled): float32 talker 167 -> 114 ms, predictor frame 440 -> 342 ms; bfloat16 (emulated there)
-89 -> 88 ms. On AVX-512 with native bf16 the bfloat16 talker went 70 -> 53 ms (issue 11). The
-int8 kernels gain nothing: FBGEMM's packed weights break the graph at every layer (52 -> 38 ms
-eager) and weight-only int8 compiled no faster. So only float weights are compiled. The price is
-start-up: some 3 to 4 minutes of compiling on 2 cores, and a C++ compiler on the machine.
+Measured (script/benchmark, real 0.6B dimensions, 2 threads, AVX2 without VNNI or native bf16):
+float32 talker step 150 -> 134 ms, predictor 397 -> 375 ms a frame, real-time factor 7.39 -> 7.03,
+for 3.2 minutes of compiling at every start (freezing bakes the weights into the compiled graph,
+which inductor's cache does not keep: a second start saved little) and 1.2 GB more peak RSS.
+A probe of bfloat16 steps (emulated on that CPU) gained nothing; on an AVX-512 CPU with native
+bf16, issue 11 measured a bf16 talker step 70 -> 53 ms. The int8 kernels gain nothing: FBGEMM's
+packed weights break the graph at every layer (38 -> 53 ms a talker step) and weight-only int8
+compiled no faster. So only float weights are compiled, and only when asked.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
 
@@ -73,13 +73,8 @@ def compile_steps(steps: TorchSteps) -> float:
     return time.monotonic() - started
 
 
-def compile_if_useful(steps: TorchSteps, int8_kernel: str | None, cache_dir: Path) -> str:
-    """Apply --compile where it was measured to help; return what happened, for the load log line.
-
-    What inductor compiles is kept in cache_dir (under --data-dir, unless TORCHINDUCTOR_CACHE_DIR
-    names another place): later starts reuse it instead of the temporary directory a reboot
-    or a new container empties.
-    """
+def compile_if_useful(steps: TorchSteps, int8_kernel: str | None) -> str:
+    """Apply --compile where it was measured to help; return what happened, for the load log line."""
     if int8_kernel:
         _LOGGER.warning(
             "--compile skipped: the talker and code predictor have int8 weights (%s), which torch.compile "
@@ -87,12 +82,7 @@ def compile_if_useful(steps: TorchSteps, int8_kernel: str | None, cache_dir: Pat
             int8_kernel,
         )
         return "not compiled (int8 weights)"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir.resolve()))
-    _LOGGER.info(
-        "Compiling the talker and code predictor steps (--compile; minutes on a few cores the first time, "
-        "cached in %s)",
-        os.environ["TORCHINDUCTOR_CACHE_DIR"],
-    )
+    _LOGGER.info("Compiling the talker and code predictor steps (--compile: minutes on a few cores)")
     try:
         seconds = compile_steps(steps)
     except CompileFailed as err:

@@ -143,6 +143,6 @@ class IpexEngine(PyTorchEngine):
             kernel = optimized_linears(self._ipex, getattr(torch, self.precision.compute_dtype))
         return apply_precision(model, self.precision, kernel)
 
-    def _compile(self, steps: TorchSteps, settings: Settings) -> str:
+    def _compile(self, steps: TorchSteps) -> str:
         _LOGGER.warning("--compile skipped: it applies to --backend pytorch; IPEX runs its own kernels")
         return "not compiled (ipex)"

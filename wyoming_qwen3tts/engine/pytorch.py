@@ -111,9 +111,9 @@ class PyTorchEngine(StreamingEngine):
     def _steps(self, model: Any) -> TorchSteps:
         return apply_precision(model, self.precision)
 
-    def _compile(self, steps: TorchSteps, settings: Settings) -> str:
+    def _compile(self, steps: TorchSteps) -> str:
         """--compile: what it did, for the load log line."""
-        return compile_if_useful(steps, self.precision.int8_kernel, settings.data_dir / "torch-compile-cache")
+        return compile_if_useful(steps, self.precision.int8_kernel)
 
     def __init__(self, model_dir: Path, settings: Settings) -> None:
         qwen_tts = import_qwen_tts()
@@ -130,7 +130,7 @@ class PyTorchEngine(StreamingEngine):
         steps = self._steps(model)
         description = f"{self.precision.describe()}; {threads} threads"
         if settings.compile:
-            description += f"; {self._compile(steps, settings)}"
+            description += f"; {self._compile(steps)}"
         base = model.tts_model_type == "base"
         encoders = [
             ("speaker_encoder", model.speaker_encoder),
