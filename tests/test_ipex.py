@@ -137,3 +137,12 @@ def test_ipex_weight_only_int8_logits_agree_with_float32(tiny_models, reference)
     prompt = ipex.prompt(TEXT, ipex.voices()[0], "english")
     list(ipex.frame_generator.frames(prompt, FRAMES, forced=codes, record=got))
     assert_logits_agree(expected, got, "ipex weight-only int8", 0.995, 0.97)
+
+
+@needs_ipex
+def test_compile_is_skipped_on_the_ipex_backend(tiny_models, caplog):
+    """--compile is the pytorch backend's: IPEX's own linears stay as they are, and the log says so."""
+    ipex = engine(tiny_models["custom_voice"], "ipex", dtype="float32", quantize="none", compile=True)
+    assert "not compiled (ipex)" in ipex.parts.description
+    assert ipex.parts.steps.talker_stack.one_token == ipex.parts.steps.talker_stack.eager_one_token
+    assert "--compile skipped" in caplog.text

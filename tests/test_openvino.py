@@ -348,3 +348,18 @@ def test_exported_tables_are_memory_mapped(ov_exports):
     # Rows read from the map are the rows in the file.
     stored = np.load(export / "tables" / "text.npy")
     assert torch.equal(tables.text(torch.tensor([5, 77]))[0], torch.from_numpy(stored[[5, 77]]).float())
+
+
+def test_compile_is_skipped_with_a_warning(tiny_models, ov_exports, tmp_path, caplog):
+    """--compile is the pytorch backend's; the OpenVINO engine says so and serves as without it."""
+    exported = OpenVINOEngine(
+        settings(
+            tmp_path,
+            backend="openvino",
+            model=str(tiny_models["custom_voice"]),
+            ov_model_dir=ov_exports["custom_voice", "fp32"],
+            compile=True,
+        )
+    )
+    assert "--compile skipped" in caplog.text and "--backend pytorch" in caplog.text
+    assert exported.voices()
