@@ -8,10 +8,12 @@ has spoken: measured here as resident memory, on the real dimensions.
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import torch
 
+from wyoming_qwen3tts.benchmark import process_memory_gb
 from wyoming_qwen3tts.engine.torch_steps import DecoderStack
 
 REAL_TALKER = SimpleNamespace(
@@ -20,8 +22,7 @@ REAL_TALKER = SimpleNamespace(
 
 
 def resident_mb() -> float:
-    with open("/proc/self/status") as status:
-        return int(next(line.split()[1] for line in status if line.startswith("VmRSS"))) / 1024
+    return process_memory_gb(os.getpid()) * 1024
 
 
 def test_a_worst_case_talker_cache_is_resident_only_where_written():
