@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import free_port, run_server_command, running_server
 from test_server import QUICK, SAMPLES_PER_FRAME, TIMEOUT, audio_of, is_audio_stop, send
@@ -22,7 +23,14 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import async_read_event, async_write_event
 from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeVoice
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
 
 from wyoming_qwen3tts.wire import event_bytes
 
@@ -50,38 +58,81 @@ async def read_until_closed(port: int) -> list:
     return events
 
 
-def test_connections_past_the_limit_get_busy_and_are_closed(tiny_models):
-    with running_server(
-        ["--model", str(tiny_models["custom_voice"]), *QUICK, "--max-connections", "1"]
-    ) as server:
-
-        async def open_counted_connection() -> AsyncTcpClient:
-            # running_server's readiness probe may still count for a moment: retry until describe is answered.
-            for _ in range(50):
-                client = AsyncTcpClient("127.0.0.1", server.port)
-                await client.connect()
-                await client.write_event(Describe().event())
-                if Info.is_type((await asyncio.wait_for(client.read_event(), TIMEOUT)).type):
-                    return client
-                await client.disconnect()
-                await asyncio.sleep(0.1)
-            raise AssertionError("the server never took a first connection")
+def test_idle_connections_make_room_for_new_ones(tiny_models):
+    """200 connections held open and silent (a crashed satellite, a port scanner) do not lock anyone out:
+    at the bound (32 by default) the longest-idle ones are closed cleanly to make room."""
+    with running_server(["--model", str(tiny_models["custom_voice"]), *QUICK]) as server:
 
         async def scenario():
-            first = await open_counted_connection()
-            refused = await read_until_closed(server.port)  # refused at once: nothing to send
-            await first.write_event(Synthesize(text="Hi.").event())
-            served = []
-            while (event := await asyncio.wait_for(first.read_event(), TIMEOUT)) is not None:
-                served.append(event)
-                if is_audio_stop(event):
-                    break
-            await first.disconnect()
-            return refused, served
+            held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(200)]
+            started = time.monotonic()
+            info = await send(server.uri, Describe().event(), until=lambda e: Info.is_type(e.type))
+            describe_seconds = time.monotonic() - started
+            one_shot = await send(server.uri, Synthesize(text="Hi.").event(), until=is_audio_stop)
+            streamed = await send(
+                server.uri,
+                SynthesizeStart().event(),
+                SynthesizeChunk(text="Hello there. ").event(),
+                SynthesizeStop().event(),
+                until=lambda e: SynthesizeStopped.is_type(e.type),
+            )
+            # The oldest held connections were closed: an orderly end of stream, not a reset.
+            ends = []
+            for reader, writer in held:
+                try:
+                    ends.append(await asyncio.wait_for(reader.read(), 0.05))
+                except asyncio.TimeoutError:
+                    ends.append(None)  # still open
+                writer.close()
+            return info, describe_seconds, one_shot, streamed, ends
 
-        refused, served = asyncio.run(scenario())
+        info, describe_seconds, one_shot, streamed, ends = asyncio.run(scenario())
+        log = server.stop()
+    assert Info.is_type(info[-1].type) and describe_seconds < 1.0  # Home Assistant waits 1 s
+    assert len(audio_of(one_shot)) == FRAMES * SAMPLES_PER_FRAME and error_code(one_shot) is None
+    assert SynthesizeStopped.is_type(streamed[-1].type) and len(audio_of(streamed)) > 0
+    assert ends[0] == b"" and ends.count(b"") >= 200 - 32 + 1  # closed, with nothing sent to them
+    assert ends.count(None) <= 31  # at most the bound stays open, the new connections counted
+    assert "to make room for a new connection" in log and "Refusing" not in log
+
+
+def test_when_every_connection_is_speaking_a_new_one_gets_busy(tiny_models):
+    """At the bound with every connection working, a new one is refused with busy and closed; none of the
+    working connections loses a byte of its audio."""
+    limit = 32
+    text = "The kitchen light is on."
+    args = ["--model", str(tiny_models["custom_voice"]), *QUICK, "--max-connections", str(limit)]
+    with running_server(args) as server:
+        solo = audio_of(asyncio.run(send(server.uri, Synthesize(text=text).event(), until=is_audio_stop)))
+
+        async def scenario():
+            clients = []
+            for _ in range(limit):  # each holds a stream open: working, not idle
+                client = AsyncTcpClient("127.0.0.1", server.port)
+                await client.connect()
+                await client.write_event(SynthesizeStart().event())
+                await client.write_event(SynthesizeChunk(text=text).event())
+                clients.append(client)
+            await asyncio.sleep(0.5)  # every stream is open on the server
+            refused = await read_until_closed(server.port)
+            results = []
+            for client in clients:
+                await client.write_event(SynthesizeStop().event())
+            for client in clients:
+                events = []
+                while (event := await asyncio.wait_for(client.read_event(), TIMEOUT)) is not None:
+                    events.append(event)
+                    if SynthesizeStopped.is_type(event.type):
+                        break
+                results.append(events)
+                await client.disconnect()
+            return refused, results
+
+        refused, results = asyncio.run(scenario())
     assert error_code(refused) == "busy" and refused[-1].type == "error"
-    assert len(audio_of(served)) == FRAMES * SAMPLES_PER_FRAME  # the first connection was untouched
+    for events in results:
+        assert error_code(events) is None
+        assert np.array_equal(audio_of(events), solo)  # greedy: every byte of its solo audio
 
 
 def test_too_many_queued_sentences_on_one_connection_is_busy(tiny_models):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
@@ -123,14 +124,29 @@ SEND_BUFFER_BYTES = 256 * 1024  # about 5 s of 24 kHz 16-bit audio
 
 
 class Connections:
-    """The open connections of one server: a bound on their number, and what a shutdown waits for."""
+    """The open connections of one server: a bound on their number, and what a shutdown waits for.
+
+    The bound never locks out a well-behaved client: when it is reached, the connections that sit idle
+    (nothing being spoken, no stream open) make room, longest idle first. Only when every open
+    connection is working does a new one get `busy`.
+    """
 
     def __init__(self, limit: int = 0) -> None:
         self.limit = limit  # 0: no bound
         self.open: set[Qwen3TTSEventHandler] = set()
 
-    def full(self) -> bool:
-        return bool(self.limit) and len(self.open) >= self.limit
+    def admit(self, handler: Qwen3TTSEventHandler) -> bool:
+        """Count handler as open, closing idle connections to make room; False if all are working."""
+        if self.limit and len(self.open) >= self.limit:
+            idle = sorted((h for h in self.open if not h.busy), key=lambda h: h.last_active)
+            excess = len(self.open) - self.limit + 1
+            if len(idle) < excess:
+                return False
+            for evicted in idle[:excess]:
+                self.open.discard(evicted)
+                evicted.evict()
+        self.open.add(handler)
+        return True
 
     def busy(self) -> list[Qwen3TTSEventHandler]:
         """Connections with audio still to send (or a stream still open)."""
@@ -166,6 +182,7 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         self._speaker: asyncio.Task[None] | None = None
         self._closing = False  # after an error or stop(): queued work is dropped
         self._speaking = False  # a job is running
+        self.last_active = time.monotonic()  # the last event read or audio written; idle ones make room
 
     # -- connection life ---------------------------------------------------
 
@@ -181,13 +198,16 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
 
     async def run(self) -> None:
         """Serve the connection; unreadable input or a lost client ends only this connection."""
-        if self.connections.full():
+        if not self.connections.admit(self):
             limit = self.connections.limit
-            _LOGGER.warning("Refusing a connection from %s: %d connections are open", self._client, limit)
-            await self._fail(f"The server has {limit} connections open already; try again later", BUSY)
+            _LOGGER.warning(
+                "Refusing a connection from %s: all %d open connections are speaking", self._client, limit
+            )
+            await self._fail(
+                f"The server is speaking on all of its {limit} connections; try again later", BUSY
+            )
             self.writer.close()
             return
-        self.connections.open.add(self)
         try:
             await self._read_events()
         except ConnectionError as err:
@@ -220,11 +240,24 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
                     _LOGGER.warning("Closing %s: %s", self._client, err)
                     await self._fail(str(err), err.code)
                     break
+                self.last_active = time.monotonic()
                 if event is None or not await self.handle_event(event):
                     break
         finally:
             await self.disconnect()
             self.writer.close()
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one (see Connections.admit)."""
+        _LOGGER.info(
+            "Closing %s to make room for a new connection: idle for %.0f s",
+            self._client,
+            time.monotonic() - self.last_active,
+        )
+        self._is_running = False
+        self._closing = True
+        self.writer.close()  # what was written is still sent, then the close
+        self.reader.feed_eof()  # the read loop sees the end at once
 
     async def stop(self) -> None:
         """Close the connection and drop its queued work."""
@@ -432,6 +465,7 @@ class Qwen3TTSEventHandler(AsyncEventHandler):
         # The speech layer has counted these samples already: the first of them is at offset.
         offset = response.utterance.samples - len(pcm) // sample_bytes
         step = self.options.samples_per_chunk * sample_bytes
+        self.last_active = time.monotonic()
         for start in range(0, len(pcm), step):
             piece = pcm[start : start + step]
             await self._send(
