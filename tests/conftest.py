@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,8 +61,11 @@ def ov_exports(tiny_models, tmp_path_factory) -> dict[tuple[str, ...], Path]:
 
     class Exports(dict):
         def __missing__(self, key: tuple[str, ...]) -> Path:
+            from openvino_child import check_compiles_in_child
+
             from wyoming_qwen3tts.engine.openvino import codec, encoders
             from wyoming_qwen3tts.engine.openvino.export import export_model
+            from wyoming_qwen3tts.engine.openvino.runtime import compile_config
 
             kind, weights, *steps_only = key
             if steps_only and (kind, weights) in self:
@@ -73,6 +78,8 @@ def ov_exports(tiny_models, tmp_path_factory) -> dict[tuple[str, ...], Path]:
                 name = "-".join(key)
                 path = export_model(tiny_models[kind], root / name, weights, progress=lambda _: None)
             print(f"\nexported {name} in {time.monotonic() - started:.0f} s")
+            # A native crash of OpenVINO fails this test, not the whole run (tests/openvino_child.py).
+            check_compiles_in_child(sorted(path.glob("*.xml")), compile_config("CPU", 1))
             self[key] = path
             return path
 
@@ -135,7 +142,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m wyoming_qwen3tts` on a loopback port, as a user would start it."""
+    """`python -m wyoming_qwen3tts` on a loopback port, as a user would start it.
+
+    Its output is read as it comes, on a thread (a full pipe would stall the server): `log()` is what it
+    printed so far. A test that fails while a server of its has died gets that server's exit status and
+    the tail of its log in the report (pytest_runtest_makereport below).
+    """
+
+    started: list[ServerProcess] = []  # every server not yet stopped
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -147,12 +161,33 @@ class ServerProcess:
             text=True,
             env=None if env is None else {**os.environ, **env},
         )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        ServerProcess.started.append(self)
+
+    def _read(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in self.process.stdout:
+                self.lines.append(line)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def death(self) -> str | None:
+        """How the server ended, if it has: its exit status and the tail of its log."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        self._reader.join(timeout=5)
+        status = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        return f"server {self.uri} ({status}); its log ends:\n{self.log()[-4000:]}"
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.process.stdout.read()}")
+            if (death := self.death()) is not None:
+                raise RuntimeError(f"the server did not start: {death}")
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
@@ -162,13 +197,28 @@ class ServerProcess:
         raise TimeoutError("server did not start")
 
     def stop(self) -> str:
+        """Stop the server (SIGTERM, then SIGKILL after 20 s) and return all it printed."""
+        with contextlib.suppress(ValueError):
+            ServerProcess.started.remove(self)
         self.process.terminate()
         try:
-            out, _ = self.process.communicate(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-        return out
+            self.process.wait()
+        self._reader.join(timeout=10)
+        return self.log()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test whose server died says so: exit status (a signal names a native crash) and log tail."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for server in list(ServerProcess.started):
+            if (death := server.death()) is not None:
+                report.sections.append(("a server of this test died", death))
 
 
 @contextlib.contextmanager

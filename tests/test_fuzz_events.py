@@ -35,7 +35,6 @@ import json
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -216,17 +215,10 @@ def speak(port: int, text: str, voice: str = "ryan") -> np.ndarray:
 
 
 class ServerLog:
-    """The server's output, read as it comes (the pipe would fill and stall the server otherwise)."""
+    """The server's output as conftest's ServerProcess reads it."""
 
-    def __init__(self, stream) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:
-        with contextlib.suppress(ValueError, OSError):  # closed by conftest's stop() at the end
-            for line in stream:
-                self.lines.append(line)
+    def __init__(self, process) -> None:
+        self.lines: list[str] = process.lines
 
     def failures_since(self, start: int) -> list[str]:
         """Lines that show the server treating input as an internal failure (a traceback, ERROR)."""
@@ -269,7 +261,7 @@ class Fuzzed:
 @pytest.fixture(scope="module")
 def server(tiny_models):
     with running_server(["--model", str(tiny_models["custom_voice"]), *SERVER_ARGS]) as process:
-        log = ServerLog(process.process.stdout)
+        log = ServerLog(process)
         try:
             witness = speak(process.port, WITNESS_TEXT)
             assert witness.size > 0

@@ -11,9 +11,11 @@ import openvino as ov
 import pytest
 import torch
 from conftest import snr_db
+from openvino_child import check_compiles_in_child
 
 from wyoming_qwen3tts.engine.decoder import StreamingDecoder, TorchCodec
 from wyoming_qwen3tts.engine.openvino.codec import OpenVINOCodec, export_codec
+from wyoming_qwen3tts.engine.openvino.runtime import compile_config
 from wyoming_qwen3tts.qwen_import import import_qwen_tts
 
 SAMPLES = 1920
@@ -45,7 +47,9 @@ def exported(codec_decoder, tmp_path_factory):
     def get(weights: str) -> OpenVINOCodec:
         if weights not in steps:
             path = export_codec(codec_decoder, tmp_path_factory.mktemp(f"codec-{weights}"), weights)
-            steps[weights] = OpenVINOCodec(path, core, {"INFERENCE_NUM_THREADS": 1})
+            config = compile_config("CPU", 1)  # as the engine compiles it: f32 on every CPU
+            check_compiles_in_child([path], config)
+            steps[weights] = OpenVINOCodec(path, core, config)
         return steps[weights]
 
     return get
@@ -76,7 +80,9 @@ def torch_audio(codec_decoder, codes) -> dict[bool, torch.Tensor]:
 def test_fp32_export_sounds_like_torch(exported, codes, torch_audio, primed):
     wav = engine_stream(StreamingDecoder(exported("fp32")), codes, primed)
     assert wav.dtype == torch.float32 and wav.shape == torch_audio[primed].shape
-    assert snr_db(torch_audio[primed], wav) >= 40  # float32 op-order rounding only: above 100 dB here
+    # float32 op-order rounding only: above 100 dB here. (Compiled without a precision hint on an AMX CPU,
+    # OpenVINO computed in bf16 and this measured 19 dB.)
+    assert snr_db(torch_audio[primed], wav) >= 40
 
 
 def test_state_round_trips(exported, codes):

@@ -62,6 +62,7 @@ def test_first_start_exports_into_the_data_dir(first_start):
     assert (export_dir / "manifest.json").is_file() and (export_dir / "talker.xml").is_file()
     assert not export_dir.with_name(export_dir.name + ".partial").exists()
     assert asyncio.run(describe(server.uri)).tts
+    assert "inference precision f32;" in server.log()  # the precision it runs in, stated, on every CPU
 
 
 def test_describe_lists_the_same_voices_as_pytorch(first_start, pytorch_server):

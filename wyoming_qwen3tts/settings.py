@@ -191,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("data_dir", "where model ids are looked for and downloaded to")
     add("backend", "inference backend", choices=BACKENDS)
     add("device", "torch device (only cpu is supported)")
-    add("dtype", "weights dtype; auto = bfloat16 where the CPU has native bf16, else float32", choices=DTYPES)
+    add(
+        "dtype",
+        "weights dtype; auto = bfloat16 where the CPU has native bf16, else float32. With --backend "
+        "openvino: the precision OpenVINO computes in; auto = float32 on every CPU",
+        choices=DTYPES,
+    )
     add("attn", "attention implementation used while loading", choices=ATTENTIONS)
     add(
         "quantize",

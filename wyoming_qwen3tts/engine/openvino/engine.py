@@ -26,7 +26,7 @@ from ..prompt import CloneReference, PromptBuilder
 from ..steps import CodeLayout
 from ..streaming import EngineParts, StreamingEngine
 from .export import ExportError, export_command, export_model, read_manifest, source_fingerprint
-from .runtime import OpenVINOSteps, compile_config, exported_tables
+from .runtime import OpenVINOSteps, compile_config, exported_tables, inference_precision
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -128,7 +128,8 @@ class OpenVINOEngine(StreamingEngine):
         if settings.ov_cache_dir is not None:
             core.set_property({"CACHE_DIR": str(settings.ov_cache_dir)})
         device = settings.ov_device
-        config = compile_config(device, threads)
+        asked = inference_precision(settings.dtype)
+        config = compile_config(device, threads, asked)
         prompts = PromptBuilder.from_model_dir(exported_tables(export_dir), export_dir)
         layout = CodeLayout.from_config(prompts.model_config["talker_config"], int(manifest["max_positions"]))
         try:
@@ -141,6 +142,14 @@ class OpenVINOEngine(StreamingEngine):
             raise EngineError(
                 f"OpenVINO could not compile {export_dir} for {device}: {reason}", "bad-settings"
             ) from None
+        if steps.precision != asked:
+            _LOGGER.warning(
+                "--dtype %s asked OpenVINO for %s; this %s computes in %s",
+                settings.dtype,
+                asked,
+                device,
+                steps.precision,
+            )
         base = manifest["model_kind"] == "base"
         fingerprint = manifest.get("clone_fingerprint") or manifest["source"]["fingerprint"]
         parts = EngineParts(
@@ -149,8 +158,8 @@ class OpenVINOEngine(StreamingEngine):
             codec=codec,
             encoder=ExportedReferenceEncoder(export_dir, core, config, device) if base else None,
             clone_fingerprint=lambda: fingerprint,
-            description=f"OpenVINO {ov.__version__} on {device}, {manifest['weights']} weights; "
-            f"{threads} threads",
+            description=f"OpenVINO {ov.__version__} on {device}, {manifest['weights']} weights, "
+            f"inference precision {steps.precision}; {threads} threads",
         )
         self.export_dir = export_dir
         super().__init__(export_dir, settings, parts, started)

@@ -22,17 +22,40 @@ PREDICTOR = "predictor.xml"
 HEADS = "predictor_head_*.xml"
 
 
-def compile_config(device: str, threads: int) -> dict[str, Any]:
-    """Compile properties: one stream tuned for latency; on the CPU our thread count and float32 activations.
+# --dtype -> the CPU plugin's INFERENCE_PRECISION_HINT. "auto" is f32 on every CPU: left unset, the CPU
+# plugin computes in bf16 wherever the CPU has native bf16 (AVX512-BF16, AMX), which made an fp32 export
+# differ from the PyTorch engine (19 dB SNR on the tiny codec) and, for one fp16 codec export, crashed
+# the compile with SIGFPE; and bf16 measured no faster than f32 on an AVX512-BF16 CPU (docs/backends.md).
+PRECISION_HINTS = {"auto": "f32", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
-    float32 activations keep an fp32 export equal to the PyTorch engine; bfloat16
-    activations measured no faster on an AVX-512 bf16 machine.
+
+def inference_precision(dtype: str) -> str:
+    """The inference precision hint for --dtype (the same on every CPU: see PRECISION_HINTS)."""
+    return PRECISION_HINTS[dtype]
+
+
+def compile_config(device: str, threads: int, precision: str = "f32") -> dict[str, Any]:
+    """Compile properties: one stream tuned for latency; on the CPU our thread count and the precision.
+
+    The precision is always set: OpenVINO's own default depends on the CPU (see PRECISION_HINTS).
     """
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     if device.upper() == "CPU":
         config["INFERENCE_NUM_THREADS"] = threads
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+        config["INFERENCE_PRECISION_HINT"] = precision
     return config
+
+
+def compiled_precision(compiled: ov.CompiledModel) -> str:
+    """The precision a compiled model really computes in ("f32", "bf16", ...), as OpenVINO reports it.
+
+    A CPU without native bf16 or f16 computes in f32 whatever was asked for.
+    """
+    try:
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except RuntimeError:  # a device without the property
+        return "unknown"
+    return precision.to_string() if isinstance(precision, ov.Type) else str(precision)
 
 
 def exported_tables(export_dir: Path) -> StoredEmbeddingTables:
@@ -62,6 +85,7 @@ class OpenVINOSteps(ModelSteps):
             )
         # Heads hold no state: one request each serves every utterance.
         self._heads = [core.compile_model(path, device, config).create_infer_request() for path in heads]
+        self.precision = compiled_precision(self._talker)  # what the steps really compute in
 
     def new_talker_cache(self, max_len: int) -> ov.InferRequest:
         if max_len > self.layout.max_positions:
