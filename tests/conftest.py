@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from wyoming_qwen3tts.tiny_model import build_tiny_model
+from fixtures.tiny_model import build_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

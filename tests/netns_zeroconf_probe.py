@@ -20,7 +20,7 @@ import time
 from zeroconf import ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from wyoming_qwen3tts.discovery import SERVICE_TYPE, advertise, reachable_address
+from wyoming_qwen3tts.wyoming.discovery import SERVICE_TYPE, advertise, reachable_address
 
 NAME = "qwen3-tts-netns-test"
 PORT = 10299

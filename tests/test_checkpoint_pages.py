@@ -65,7 +65,7 @@ def test_only_checkpoint_files_are_listed(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("single_torch_thread")
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 def test_a_loaded_engine_keeps_little_of_its_checkpoint_resident(tiny_models, quantize: str) -> None:
-    from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
+    from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
     from wyoming_qwen3tts.settings import Settings
 
     model_dir = tiny_models["custom_voice"]
@@ -81,7 +81,7 @@ def test_a_loaded_engine_keeps_little_of_its_checkpoint_resident(tiny_models, qu
 def test_building_clone_prompts_leaves_little_of_the_checkpoints_resident(
     tiny_models, voices_dir, tmp_path: Path
 ) -> None:
-    from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
+    from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
     from wyoming_qwen3tts.settings import Settings
 
     model_dir = tiny_models["base"]

@@ -14,8 +14,8 @@ from conftest import QUICK, ServerProcess, assert_logits_agree, snr_db
 from test_server import audio_of, is_audio_stop, send
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
-from wyoming_qwen3tts.engine.quantize import available_kernels
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.quantize import available_kernels
 from wyoming_qwen3tts.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -1,4 +1,4 @@
-"""Tests for wyoming_qwen3tts.discovery: the advertised address, and a real advertise/browse round trip.
+"""wyoming/discovery.py: the advertised address, and a real advertise/browse round trip.
 
 The round trip runs in a private network namespace holding only loopback (`unshare --net`), so no mDNS
 packet reaches a real network.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from wyoming_qwen3tts import discovery
-from wyoming_qwen3tts.discovery import reachable_address, server_name
+from wyoming_qwen3tts.wyoming import discovery
+from wyoming_qwen3tts.wyoming.discovery import reachable_address, server_name
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = Path(__file__).resolve().parent / "netns_zeroconf_probe.py"

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from conftest import snr_db
 
-from wyoming_qwen3tts.engine.pytorch import PyTorchEngine, to_pcm16
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine, to_pcm16
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 from wyoming_qwen3tts.settings import Settings
 
 TEXT = "Hello there, this is a test."

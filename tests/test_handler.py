@@ -36,9 +36,11 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from wyoming_qwen3tts.engine.base import Engine, EngineError, Voice
-from wyoming_qwen3tts.handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
+from wyoming_qwen3tts.engine.seams import Engine
+from wyoming_qwen3tts.requests import EngineError
 from wyoming_qwen3tts.text import split_sentences
+from wyoming_qwen3tts.voices.voice import Voice
+from wyoming_qwen3tts.wyoming.handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
 
 SAMPLES_PER_CHAR = 64
 SAMPLES_PER_CHUNK = 256  # the handler's audio-chunk size in these tests

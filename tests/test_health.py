@@ -14,14 +14,14 @@ from conftest import free_port, running_server
 from wyoming.event import async_read_event, async_write_event
 from wyoming.info import AsrProgram, Attribution, Describe, Info
 
-from wyoming_qwen3tts import health
+from wyoming_qwen3tts.wyoming import health
 
 
 def run_health(*args: str) -> tuple[int, str, str, float]:
-    """`python -m wyoming_qwen3tts.health ARGS` as a container would run it: code, stdout, stderr, seconds."""
+    """`python -m wyoming_qwen3tts.wyoming.health ARGS` as a container runs it: code, out, err, seconds."""
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "wyoming_qwen3tts.health", *args],
+        [sys.executable, "-m", "wyoming_qwen3tts.wyoming.health", *args],
         capture_output=True,
         text=True,
         timeout=60,

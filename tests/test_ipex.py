@@ -13,9 +13,14 @@ import pytest
 import torch
 from conftest import assert_logits_agree, snr_db
 
-from wyoming_qwen3tts.engine.base import EngineError
-from wyoming_qwen3tts.engine.ipex import WOQ_INT8, IpexPrecision, choose_ipex_precision, import_ipex
-from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.ipex import (
+    WOQ_INT8,
+    IpexPrecision,
+    choose_ipex_precision,
+    import_ipex,
+)
+from wyoming_qwen3tts.requests import EngineError
 from wyoming_qwen3tts.settings import Settings, SettingsError, ipex_problem, parse_settings
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -87,7 +92,7 @@ def test_precision_follows_what_ipex_can_do_on_the_cpu():
 
 
 def engine(model_dir, backend: str, **settings) -> PyTorchEngine:
-    from wyoming_qwen3tts.engine.factory import create_engine
+    from wyoming_qwen3tts.engine.registry import create_engine
 
     engine = create_engine(
         Settings(backend=backend, greedy=True, warmup=False, threads=1, **settings), model_dir

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import torch
 
-from wyoming_qwen3tts.benchmark import process_memory_gb
-from wyoming_qwen3tts.engine.torch_steps import DecoderStack
+from benchmarks.benchmark import process_memory_gb
+from wyoming_qwen3tts.engine.pytorch.steps import DecoderStack
 
 REAL_TALKER = SimpleNamespace(
     kv_heads=8, head_dim=128, layers=[None] * 28, dtype=torch.float32, cos=torch.empty(8192, 1)

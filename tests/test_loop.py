@@ -8,8 +8,8 @@ from qwen_reference import capture_prompt
 
 from wyoming_qwen3tts.engine.loop import FrameGenerator, SamplingOptions
 from wyoming_qwen3tts.engine.prompt import TorchEmbeddingTables
-from wyoming_qwen3tts.engine.torch_steps import TorchSteps
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.pytorch.steps import TorchSteps
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
 GREEDY = {"do_sample": False, "subtalker_dosample": False}
 TEXT = "Hello there, this is a test."

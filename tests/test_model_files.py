@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wyoming_qwen3tts.model_files import ModelError, local_dir_for, resolve_model_dir
+from wyoming_qwen3tts.engine.model_files import ModelError, local_dir_for, resolve_model_dir
 
 
 def write_model(path, **config):

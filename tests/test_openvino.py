@@ -20,20 +20,21 @@ import openvino as ov
 import pytest
 import torch
 from conftest import assert_logits_agree, cosines, snr_db
+from fixtures.tiny_model import build_tiny_model
 
-from wyoming_qwen3tts.engine.base import EngineError, Voice
 from wyoming_qwen3tts.engine.loop import FrameGenerator
 from wyoming_qwen3tts.engine.openvino import engine as ov_engine_module
 from wyoming_qwen3tts.engine.openvino.engine import OpenVINOEngine, default_export_dir
 from wyoming_qwen3tts.engine.openvino.export import main as export_main
 from wyoming_qwen3tts.engine.openvino.export import read_manifest
 from wyoming_qwen3tts.engine.openvino.runtime import OpenVINOSteps, compile_config, exported_tables
+from wyoming_qwen3tts.engine.pipeline import CHUNK_SCHEDULE
 from wyoming_qwen3tts.engine.prompt import PromptBuilder
-from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
-from wyoming_qwen3tts.engine.steps import CodeLayout
-from wyoming_qwen3tts.engine.streaming import CHUNK_SCHEDULE
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.seams import CodeLayout
+from wyoming_qwen3tts.requests import EngineError
 from wyoming_qwen3tts.settings import Settings
-from wyoming_qwen3tts.tiny_model import build_tiny_model
+from wyoming_qwen3tts.voices.voice import Voice
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

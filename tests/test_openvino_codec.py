@@ -13,10 +13,10 @@ import torch
 from conftest import snr_db
 from openvino_child import check_compiles_in_child
 
-from wyoming_qwen3tts.engine.decoder import StreamingDecoder, TorchCodec
+from wyoming_qwen3tts.engine.codec import StreamingDecoder, TorchCodec
 from wyoming_qwen3tts.engine.openvino.codec import OpenVINOCodec, export_codec
 from wyoming_qwen3tts.engine.openvino.runtime import compile_config
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
 SAMPLES = 1920
 ENGINE_CHUNKS = [1, 3, 8] * 4  # 36 frames

@@ -19,7 +19,7 @@ from wyoming_qwen3tts.engine.openvino.encoders import (
     OpenVINOEncoders,
     export_encoders,
 )
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

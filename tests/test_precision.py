@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import assert_logits_agree
 
-from wyoming_qwen3tts.engine.precision import Precision, choose_precision
-from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
-from wyoming_qwen3tts.engine.quantize import available_kernels
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.precision import Precision, choose_precision
+from wyoming_qwen3tts.engine.pytorch.quantize import available_kernels
 from wyoming_qwen3tts.settings import Settings
 
 TEXT = "Turn on the kitchen light, please."
@@ -54,7 +54,7 @@ def test_teacher_forced_logits_agree_with_float32(
 
 
 def test_weight_only_int8_kernel_matches_float(tiny_models, reference):
-    from wyoming_qwen3tts.engine.quantize import WeightOnlyInt8Linear
+    from wyoming_qwen3tts.engine.pytorch.quantize import WeightOnlyInt8Linear
 
     layer = torch.nn.Linear(64, 48)
     x = torch.randn(3, 64)

@@ -17,7 +17,7 @@ from wyoming_qwen3tts.engine.prompt import (
     load_text_tokenizer,
     merge_generate_kwargs,
 )
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 PROBE = textwrap.dedent(
     """
     import json, sys
-    from wyoming_qwen3tts.qwen_import import import_qwen_tts
+    from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
     qwen_tts = import_qwen_tts()
     speech_vq = sys.modules["qwen_tts.core.tokenizer_25hz.vq.speech_vq"]
     try:
@@ -65,7 +65,7 @@ LOG_PROBE = textwrap.dedent(
     level = logging.DEBUG if sys.argv[1] == "debug" else logging.INFO
     # As the server does: logging is set up first, then qwen-tts is imported and a model config built.
     logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
-    from wyoming_qwen3tts.qwen_import import import_qwen_tts
+    from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
     import_qwen_tts()
     from qwen_tts.core.models import Qwen3TTSConfig
     Qwen3TTSConfig()  # no sub-configs: qwen-tts logs "... is None. Initializing ..." for each

@@ -13,10 +13,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from pathlib import Path
 
 import pytest
+from fixtures import model_builder, real_configs
 
-from wyoming_qwen3tts import model_builder, real_configs
-from wyoming_qwen3tts.benchmark import TEXT
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from benchmarks.benchmark import TEXT
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
 SHARED_REFERENCE = Path("/work/shared/reference/qwen3-tts-configs")
 REFERENCE = Path(os.environ.get(model_builder.REFERENCE_DIR_ENV) or SHARED_REFERENCE)

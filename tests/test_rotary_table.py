@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from wyoming_qwen3tts.engine.torch_steps import _rotary_table
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.pytorch.steps import _rotary_table
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
 
 class RowsRotary:

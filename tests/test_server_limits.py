@@ -32,7 +32,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from wyoming_qwen3tts.wire import event_bytes
+from wyoming_qwen3tts.wyoming.wire import event_bytes
 
 FRAMES = 16  # QUICK's --max-frames
 

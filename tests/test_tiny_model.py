@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures import model_builder, tiny_model
 
-from wyoming_qwen3tts import model_builder, tiny_model
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
 MAX_NEW_TOKENS = 12
 # qwen-tts returns one frame less than max_new_tokens: the last sampled token never gets its

@@ -14,7 +14,6 @@ import torch
 from safetensors import safe_open
 
 from wyoming_qwen3tts.__main__ import watch_voices
-from wyoming_qwen3tts.inference import InferenceQueue
 from wyoming_qwen3tts.voices import (
     ClonePromptCache,
     StoredPrompt,
@@ -23,6 +22,7 @@ from wyoming_qwen3tts.voices import (
     model_fingerprint,
     prompt_key,
 )
+from wyoming_qwen3tts.worker import InferenceQueue
 
 LANGUAGES = ("chinese", "english", "german", "french")
 

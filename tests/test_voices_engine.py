@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from wyoming_qwen3tts.engine.pytorch import PyTorchEngine
-from wyoming_qwen3tts.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 from wyoming_qwen3tts.settings import Settings
 from wyoming_qwen3tts.voices import VoiceError
 

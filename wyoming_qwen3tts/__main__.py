@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING
 from wyoming.server import AsyncServer
 
 from . import __version__
-from .engine import Engine, EngineError
-from .engine.factory import create_engine
-from .handler import Connections, HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
+from .engine import Engine
+from .engine.model_files import ModelError
+from .engine.registry import create_engine
 from .languages import AUTO, to_model_language
-from .model_files import ModelError
+from .requests import EngineError
+from .service import Speech
 from .settings import Settings, SettingsError, parse_settings, wyoming_address
-from .speech import Speech
+from .wyoming.handler import Connections, HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
 
 if TYPE_CHECKING:
-    from .discovery import Advertisement
     from .http.server import HttpServer
+    from .wyoming.discovery import Advertisement
 
 _LOGGER = logging.getLogger("wyoming_qwen3tts")
 
@@ -231,7 +232,7 @@ async def wait_until_listening(server: AsyncServer, serving: asyncio.Task, timeo
 
 async def advertise_server(settings: Settings, name: str) -> Advertisement | None:
     """Advertise over zeroconf under name; on failure, warn and carry on without it."""
-    from .discovery import advertise  # zeroconf is imported only when used
+    from .wyoming.discovery import advertise  # zeroconf is imported only when used
 
     address = wyoming_address(settings.uri)
     if isinstance(address, str):  # settings.check refuses --zeroconf with a unix:// --uri already

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .steps import ModelSteps
+from .seams import ModelSteps
 
 if TYPE_CHECKING:
     from .prompt import EmbeddingTables

@@ -27,19 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ..engine.base import EngineError
 from ..languages import bcp47_codes
-from ..speech import (
-    NAME_SHOWN,
-    UNKNOWN_VOICE,
-    Part,
-    RequestError,
-    Speech,
-    Utterance,
-    VoiceRequest,
-    describe_client,
-    short_failure,
-)
+from ..requests import UNKNOWN_VOICE, EngineError, RequestError
+from ..service import NAME_SHOWN, Part, Speech, Utterance, VoiceRequest, describe_client, short_failure
 from ..voices.config import CONFIG_NAME, read_openai_voices
 from .encoding import FORMATS, SPEED_RANGE, AudioEncoder, AudioFormat
 from .openai_names import MODEL_NAMES, OPENAI_VOICES, UnknownModel, language_of_model, voice_for

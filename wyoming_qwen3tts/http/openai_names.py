@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..engine.base import Voice
-from ..speech import find_voice
+from ..service import find_voice
+from ..voices.voice import Voice
 
 MODEL_NAMES = ("qwen3-tts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 LANGUAGE_MODEL_PREFIXES = ("tts-1-hd-", "tts-1-")  # longest first

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.base import Voice
 from .directory import VoiceScan, VoicesDirectory
 from .entry import VoiceEntry, VoiceError
+from .voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
 

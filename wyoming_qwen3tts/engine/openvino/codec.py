@@ -34,7 +34,7 @@ import numpy as np
 import openvino as ov
 import torch
 
-from ..decoder import CodecGraph, CodecStep, DecoderState
+from ..codec import CodecGraph, CodecStep, DecoderState
 
 CODEC = "codec.xml"
 WEIGHTS = ("fp32", "fp16", "int8", "int4")

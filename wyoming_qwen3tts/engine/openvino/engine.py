@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from ...cpu import default_threads
-from ...model_files import ModelError, local_dir_for, looks_like_path, resolve_model_dir
+from ...requests import EngineError
 from ...settings import Settings
-from ..base import EngineError
 from ..checkpoint_pages import release_checkpoint_pages
+from ..model_files import ModelError, local_dir_for, looks_like_path, resolve_model_dir
+from ..pipeline import EngineParts, StreamingEngine
 from ..prompt import CloneReference, PromptBuilder
-from ..steps import CodeLayout
-from ..streaming import EngineParts, StreamingEngine
+from ..seams import CodeLayout
 from .export import ExportError, export_command, export_model, read_manifest, source_fingerprint
 from .runtime import OpenVINOSteps, compile_config, exported_tables, inference_precision
 

@@ -197,9 +197,9 @@ def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str
     import nncf
     import openvino as ov
 
-    from ...qwen_import import import_qwen_tts
     from ...voices import model_fingerprint
-    from ..torch_steps import DecoderStack, _rotary_table
+    from ..pytorch.steps import DecoderStack, _rotary_table
+    from ..qwen_import import import_qwen_tts
     from .codec import export_codec
     from .step_graphs import StackStep, kv_names
 
@@ -334,7 +334,7 @@ def read_manifest(export_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """The export command: wyoming-qwen3tts-export-openvino."""
-    from ...model_files import ModelError, resolve_model_dir
+    from ..model_files import ModelError, resolve_model_dir
 
     parser = argparse.ArgumentParser(
         prog="wyoming-qwen3tts-export-openvino",

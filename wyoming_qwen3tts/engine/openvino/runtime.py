@@ -15,7 +15,7 @@ import openvino as ov
 import torch
 
 from ..prompt import StoredEmbeddingTables
-from ..steps import CodeLayout, ModelSteps
+from ..seams import CodeLayout, ModelSteps
 
 TALKER = "talker.xml"
 PREDICTOR = "predictor.xml"

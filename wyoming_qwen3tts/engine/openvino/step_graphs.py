@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..torch_steps import DecoderStack
+from ..pytorch.steps import DecoderStack
 
 
 def kv_names(layers: int) -> list[tuple[str, str]]:

@@ -33,8 +33,9 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
+from wyoming_qwen3tts.wyoming.wire import event_bytes
+
 from .benchmark import free_port, process_memory_gb
-from .wire import event_bytes
 
 TEXTS = (
     "The kitchen light is on.",
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if model is None:
-            from .tiny_model import build_tiny_model
+            from fixtures.tiny_model import build_tiny_model
 
             model = build_tiny_model(Path(scratch) / "tiny", "custom_voice")
         port = free_port()

@@ -21,6 +21,7 @@ import librosa
 import numpy as np
 import torch
 
+from ..requests import EngineError
 from ..settings import Settings
 from ..voices import (
     ClonePromptCache,
@@ -31,11 +32,11 @@ from ..voices import (
     VoiceError,
     prompt_key,
 )
-from .base import Engine, EngineError, Voice
-from .decoder import CodecStep, StreamingDecoder
+from ..voices.voice import Voice
+from .codec import CodecStep, StreamingDecoder
 from .loop import FrameGenerator, TalkerPrompt
 from .prompt import CloneReference, PromptBuilder
-from .steps import ModelSteps
+from .seams import Engine, ModelSteps
 
 _LOGGER = logging.getLogger(__name__)
 

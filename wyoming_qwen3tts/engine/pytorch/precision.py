@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cpu import has_native_bf16
-from ..settings import Settings
+from ...cpu import has_native_bf16
+from ...settings import Settings
 from .quantize import available_kernels
 
 

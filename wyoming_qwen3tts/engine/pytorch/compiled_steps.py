@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from .torch_steps import DecoderStack, TorchSteps
+from .steps import DecoderStack, TorchSteps
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from wyoming.event import Event, write_event
 
-from .speech import INVALID_EVENT
+from ..requests import INVALID_EVENT
 
 MAX_DATA_BYTES = 1 << 20  # a synthesize of 5,000 characters is about 10 KB of JSON
 MAX_PAYLOAD_BYTES = 1 << 20  # a TTS server is sent no audio

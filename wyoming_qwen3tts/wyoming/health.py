@@ -1,6 +1,6 @@
 """Health check that speaks the protocol: send `describe`, expect an `info` with a tts program.
 
-    python -m wyoming_qwen3tts.health [--uri tcp://127.0.0.1:10200] [--timeout 1]
+    python -m wyoming_qwen3tts.wyoming.health [--uri tcp://127.0.0.1:10200] [--timeout 1]
 
 Exit code 0 when the answer arrives within the timeout (one line on stdout names the program), else 1
 with one line on stderr saying why: refused, timed out, closed, or an answer without a tts program.
@@ -115,7 +115,7 @@ def positive_seconds(value: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(
-        prog="python -m wyoming_qwen3tts.health",
+        prog="python -m wyoming_qwen3tts.wyoming.health",
         description="Exit 0 if a Wyoming TTS server answers describe with a tts program in time, else 1.",
     )
     parser.add_argument(

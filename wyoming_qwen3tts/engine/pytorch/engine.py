@@ -15,19 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cpu import default_threads
+from ...cpu import default_threads
+from ...requests import EngineError
+from ...settings import Settings
+from ...voices import model_fingerprint
+from ..checkpoint_pages import CheckpointPages, release_checkpoint_pages
+from ..codec import TorchCodec
+from ..pipeline import EngineParts, StreamingEngine, to_pcm16
+from ..prompt import CloneReference, PromptBuilder, TorchEmbeddingTables
 from ..qwen_import import import_qwen_tts
-from ..settings import Settings
-from ..voices import model_fingerprint
-from .base import EngineError
-from .checkpoint_pages import CheckpointPages, release_checkpoint_pages
 from .compiled_steps import compile_if_useful
-from .decoder import TorchCodec
 from .precision import Precision, choose_precision
-from .prompt import CloneReference, PromptBuilder, TorchEmbeddingTables
 from .quantize import KERNELS
-from .streaming import EngineParts, StreamingEngine, to_pcm16
-from .torch_steps import LinearFactory, TorchSteps, keep_float
+from .steps import LinearFactory, TorchSteps, keep_float
 
 __all__ = ["PyTorchEngine", "apply_precision", "configure_threads", "to_pcm16"]
 

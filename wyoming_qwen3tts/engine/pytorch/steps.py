@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .steps import CodeLayout, ModelSteps
+from ..seams import CodeLayout, ModelSteps
 
 
 @dataclass

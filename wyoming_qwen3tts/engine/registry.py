@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..model_files import resolve_model_dir
 from ..settings import AVAILABLE_BACKENDS, Settings, SettingsError
-from .base import Engine
+from .model_files import resolve_model_dir
+from .seams import Engine
 
 
 def create_engine(settings: Settings, model_dir: Path | None = None) -> Engine:
@@ -20,11 +20,11 @@ def create_engine(settings: Settings, model_dir: Path | None = None) -> Engine:
 
         return OpenVINOEngine(settings, model_dir)
     if settings.backend == "pytorch":
-        from .pytorch import PyTorchEngine
+        from .pytorch.engine import PyTorchEngine
 
         return PyTorchEngine(model_dir or resolve_model_dir(settings.model, settings.data_dir), settings)
     if settings.backend == "ipex":
-        from .ipex import IpexEngine  # imports IPEX only after checking the torch beside it
+        from .pytorch.ipex import IpexEngine  # imports IPEX only after checking the torch beside it
 
         return IpexEngine(model_dir or resolve_model_dir(settings.model, settings.data_dir), settings)
     raise SettingsError(

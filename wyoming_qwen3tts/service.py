@@ -17,32 +17,26 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .engine.base import Engine, Voice
-from .inference import InferenceQueue
+from .engine.seams import Engine
 from .languages import AUTO, to_model_language
+from .requests import (
+    INVALID_EVENT,
+    INVALID_SSML,
+    TEXT_TOO_LONG,
+    UNKNOWN_VOICE,
+    UNSUPPORTED_LANGUAGE,
+    RequestError,
+)
 from .text import SsmlDocument, SsmlError, normalize, parse_ssml, split_sentences
+from .voices.voice import Voice
+from .worker import InferenceQueue
 
 _LOGGER = logging.getLogger(__name__)
 
-# Error codes sent to clients (an EngineError brings its own).
-UNKNOWN_VOICE = "unknown-voice"
-UNSUPPORTED_LANGUAGE = "unsupported-language"
-TEXT_TOO_LONG = "text-too-long"
-INVALID_SSML = "invalid-ssml"
-INVALID_EVENT = "invalid-event"
-SYNTHESIS_FAILED = "synthesis-failed"
 TEXT_FORMATS = ("text", "ssml")
 NAME_SHOWN = 40  # characters of an unknown voice name repeated in the error
 MAX_PAUSE_MS = 10_000  # longest SSML break (SSML itself suggests up to 10 s)
 MAX_SILENCE_MS = 60_000  # most silence one request may ask for with breaks
-
-
-class RequestError(Exception):
-    """A request this server refuses; the message and code go to the client."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, kw_only=True)

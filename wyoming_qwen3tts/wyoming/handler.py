@@ -35,15 +35,12 @@ from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
-from . import __version__
-from .engine.base import Engine, EngineError, Voice
-from .inference import InferenceQueue
-from .languages import AUTO, bcp47_codes
-from .speech import (
-    INVALID_EVENT,
-    SYNTHESIS_FAILED,
+from .. import __version__
+from ..engine.seams import Engine
+from ..languages import AUTO, bcp47_codes
+from ..requests import INVALID_EVENT, SYNTHESIS_FAILED, EngineError, RequestError
+from ..service import (
     Part,
-    RequestError,
     Speech,
     SpeechOptions,
     Utterance,
@@ -54,7 +51,9 @@ from .speech import (
     read_ssml,
     short_failure,
 )
-from .text import SentenceBuffer
+from ..text import SentenceBuffer
+from ..voices.voice import Voice
+from ..worker import InferenceQueue
 from .wire import Idle, WireError, read_event
 
 # InferenceQueue is re-exported: the server wiring builds one and passes it to every handler.

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cpu import cpu_flags, has_native_bf16
-from ..settings import IPEX_TORCH, Settings, ipex_problem
-from .base import EngineError
+from ...cpu import cpu_flags, has_native_bf16
+from ...requests import EngineError
+from ...settings import IPEX_TORCH, Settings, ipex_problem
+from .engine import PyTorchEngine, apply_precision
 from .precision import Precision
-from .pytorch import PyTorchEngine, apply_precision
-from .torch_steps import LinearFactory, TorchSteps
+from .steps import LinearFactory, TorchSteps
 
 __all__ = ["IpexEngine", "choose_ipex_precision", "import_ipex", "ipex_bf16_prepack"]
 

@@ -103,7 +103,7 @@ def cpu_name() -> str:
 
 def cpu_isa() -> str:
     """The instruction sets the PyTorch and IPEX kernels choose by, present and missing."""
-    from .cpu import cpu_flags
+    from wyoming_qwen3tts.cpu import cpu_flags
 
     wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
     flags = cpu_flags()
@@ -119,7 +119,7 @@ def measure_stock(setting: BenchmarkSetting, model_dir: Path, frames: int, threa
     """qwen-tts's own generate_custom_voice: audio exists only when it returns."""
     import torch
 
-    from .qwen_import import import_qwen_tts
+    from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 
     torch.set_num_threads(threads)
     qwen_tts = import_qwen_tts()
@@ -155,8 +155,8 @@ def measure_stock(setting: BenchmarkSetting, model_dir: Path, frames: int, threa
 
 def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int) -> dict:
     """Our engine: streamed chunks, the first one timed separately."""
-    from .engine.factory import create_engine
-    from .settings import Settings
+    from wyoming_qwen3tts.engine.registry import create_engine
+    from wyoming_qwen3tts.settings import Settings
 
     settings = Settings(
         model=str(model_dir),
@@ -214,8 +214,8 @@ def openvino_settings(setting: BenchmarkSetting, model_dir: Path) -> dict:
 
 def openvino_notes(engine, settings, model_dir: Path) -> str:
     """Weights, export time, and the load time of a second start that finds the compile cache."""
-    from .engine.factory import create_engine
-    from .engine.openvino.export import read_manifest
+    from wyoming_qwen3tts.engine.openvino.export import read_manifest
+    from wyoming_qwen3tts.engine.registry import create_engine
 
     manifest = read_manifest(settings.ov_model_dir)
     peak = peak_rss_gb()  # before the second engine exists
@@ -523,11 +523,11 @@ def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
 def ensure_model(model_dir: Path) -> Path:
     if (model_dir / "config.json").is_file():
         if model_dir == DEFAULT_MODEL_DIR:  # ours: keep its tokenizer as the builder now writes it
-            from .model_builder import reference_spec, write_text_tokenizer
+            from fixtures.model_builder import reference_spec, write_text_tokenizer
 
             write_text_tokenizer(model_dir, reference_spec("custom_voice", "real-0.6b").tokenizer)
         return model_dir
-    from .tiny_model import build_model
+    from fixtures.tiny_model import build_model
 
     print(
         f"Building a random-weight model with the real 0.6B dimensions in {model_dir} (once)", file=sys.stderr
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             skipped += 1
             continue
-        child = [str(python), "-m", "wyoming_qwen3tts.benchmark", "--one", name, "--model", str(model_dir)]
+        child = [str(python), "-m", "benchmarks.benchmark", "--one", name, "--model", str(model_dir)]
         child += ["--frames", str(args.frames), "--threads", str(args.threads)]
         with tempfile.TemporaryDirectory() as compile_cache:
             # A compiled row starts with an empty compile cache (its load s is a first start), then

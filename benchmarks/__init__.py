@@ -1,0 +1,1 @@
+"""Benchmark and soak tooling: measures the server; not part of the installed package."""
