@@ -49,7 +49,7 @@ class BenchmarkSetting:
     http: bool = False  # server rows: time the HTTP API (pcm over /v1/audio/speech) after a Wyoming request
     ipex: bool = False  # --backend ipex
     torch28: bool = False  # run in .venv-ipex (torch 2.8, script/setup --ipex); every ipex row does
-    compile: bool = False  # --compile (engine/compiled_steps.py); its compiling counts in load s
+    compile: bool = False  # --compile (engine/pytorch/compiled_steps.py); its compiling counts in load s
 
     @property
     def backend(self) -> str:
@@ -86,8 +86,8 @@ SETTINGS = {
         BenchmarkSetting("server-ipex", "server", "auto", "auto", ipex=True),
     )
 }
-# ipex-int8 takes many minutes on one-token steps (see engine/ipex.py) and ipex-bfloat16 needs AVX-512:
-# both only when named.
+# ipex-int8 takes many minutes on one-token steps (see engine/pytorch/ipex.py) and ipex-bfloat16 needs
+# AVX-512: both only when named.
 DEFAULT_SETTINGS = [name for name in SETTINGS if name not in ("ipex-int8", "ipex-bfloat16")]
 
 
@@ -156,21 +156,8 @@ def measure_stock(setting: BenchmarkSetting, model_dir: Path, frames: int, threa
 def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int) -> dict:
     """Our engine: streamed chunks, the first one timed separately."""
     from wyoming_qwen3tts.engine.registry import create_engine
-    from wyoming_qwen3tts.settings import Settings
 
-    settings = Settings(
-        model=str(model_dir),
-        dtype=setting.dtype,
-        quantize=setting.quantize,
-        threads=threads,
-        greedy=True,
-        max_frames=frames,
-        warmup=False,
-        compile=setting.compile,
-        **openvino_settings(setting, model_dir),
-    )
-    if setting.ipex:
-        settings = dataclasses.replace(settings, backend="ipex")
+    settings = engine_settings(setting, model_dir, frames, threads)
     started = time.perf_counter()
     engine = create_engine(settings, model_dir)
     precision = getattr(engine, "precision", None)
@@ -192,24 +179,33 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         "first_audio_s": first,
         "total_s": total_s,
         "samples": samples,
-        "precision": precision.describe() if precision else settings.dtype,
+        "precision": precision.describe() if precision else setting.dtype,
     }
     if setting.backend == "openvino":
         result["precision"] = openvino_notes(engine, settings, model_dir)
     return result
 
 
-def openvino_settings(setting: BenchmarkSetting, model_dir: Path) -> dict:
-    """The export a setting serves (made by the parent process) and a fresh compile cache."""
-    if setting.backend != "openvino":
-        return {}
-    import tempfile
+def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int):
+    """The Settings of one row: greedy, capped at the benchmark's frames; OpenVINO rows serve the export
+    the parent process made, with a fresh compile cache."""
+    from wyoming_qwen3tts.settings import EngineOptions, OpenVINOOptions, Settings, TorchOptions
 
-    return {
-        "backend": "openvino",
-        "ov_model_dir": export_dir_for(model_dir, setting.weights),
-        "ov_cache_dir": Path(tempfile.mkdtemp(prefix="ov-cache-")),
-    }
+    openvino = OpenVINOOptions(dtype=setting.dtype)
+    if setting.backend == "openvino":
+        openvino = dataclasses.replace(
+            openvino,
+            model_dir=export_dir_for(model_dir, setting.weights),
+            cache_dir=Path(tempfile.mkdtemp(prefix="ov-cache-")),
+        )
+    return Settings(
+        backend=setting.backend,
+        engine=EngineOptions(
+            model=str(model_dir), threads=threads, greedy=True, max_frames=frames, warmup=False
+        ),
+        torch=TorchOptions(dtype=setting.dtype, quantize=setting.quantize, compile=setting.compile),
+        openvino=openvino,
+    )
 
 
 def openvino_notes(engine, settings, model_dir: Path) -> str:
@@ -217,7 +213,7 @@ def openvino_notes(engine, settings, model_dir: Path) -> str:
     from wyoming_qwen3tts.engine.openvino.export import read_manifest
     from wyoming_qwen3tts.engine.registry import create_engine
 
-    manifest = read_manifest(settings.ov_model_dir)
+    manifest = read_manifest(settings.openvino.model_dir)
     peak = peak_rss_gb()  # before the second engine exists
     del engine
     import gc

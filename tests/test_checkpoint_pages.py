@@ -65,11 +65,14 @@ def test_only_checkpoint_files_are_listed(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("single_torch_thread")
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 def test_a_loaded_engine_keeps_little_of_its_checkpoint_resident(tiny_models, quantize: str) -> None:
+    from wyoming_qwen3tts.engine.options import EngineOptions
     from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
-    from wyoming_qwen3tts.settings import Settings
+    from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 
     model_dir = tiny_models["custom_voice"]
-    engine = PyTorchEngine(model_dir, Settings(quantize=quantize, greedy=True, max_frames=4))
+    engine = PyTorchEngine(
+        model_dir, EngineOptions(greedy=True, max_frames=4), TorchOptions(quantize=quantize)
+    )
     checkpoint = model_dir / "model.safetensors"
     resident_kb = sum(m.resident_kb for m in checkpoint_mappings() if Path(m.path) == checkpoint)
     assert resident_kb <= 0.1 * checkpoint.stat().st_size / 1024  # loading reads all of it
@@ -81,12 +84,13 @@ def test_a_loaded_engine_keeps_little_of_its_checkpoint_resident(tiny_models, qu
 def test_building_clone_prompts_leaves_little_of_the_checkpoints_resident(
     tiny_models, voices_dir, tmp_path: Path
 ) -> None:
+    from wyoming_qwen3tts.engine.options import EngineOptions
     from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
-    from wyoming_qwen3tts.settings import Settings
+    from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 
     model_dir = tiny_models["base"]
-    settings = Settings(quantize="none", voices_dir=voices_dir, data_dir=tmp_path, greedy=True, max_frames=4)
-    engine = PyTorchEngine(model_dir, settings)
+    options = EngineOptions(voices_dir=voices_dir, data_dir=tmp_path, greedy=True, max_frames=4)
+    engine = PyTorchEngine(model_dir, options, TorchOptions(quantize="none"))
     assert any(voice.kind == "clone" for voice in engine.voices())  # the encoders ran
     for checkpoint in (model_dir / "model.safetensors", model_dir / "speech_tokenizer" / "model.safetensors"):
         resident_kb = sum(m.resident_kb for m in checkpoint_mappings() if Path(m.path) == checkpoint)

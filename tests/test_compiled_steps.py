@@ -14,9 +14,10 @@ from conftest import QUICK, ServerProcess, assert_logits_agree, snr_db
 from test_server import audio_of, is_audio_stop, send
 from wyoming.tts import Synthesize, SynthesizeVoice
 
+from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 from wyoming_qwen3tts.engine.pytorch.quantize import available_kernels
-from wyoming_qwen3tts.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 TEXT = "Turn on the kitchen light, please."
@@ -30,9 +31,11 @@ def compile_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("torch-compile-cache")
 
 
-def engine(model_dir: Path, data_dir: Path, **settings) -> PyTorchEngine:
-    defaults = {"greedy": True, "warmup": False, "threads": 1, "dtype": "float32", "quantize": "none"}
-    return PyTorchEngine(model_dir, Settings(data_dir=data_dir, **{**defaults, **settings}))
+def engine(model_dir: Path, data_dir: Path, **torch_options) -> PyTorchEngine:
+    options = EngineOptions(data_dir=data_dir, greedy=True, warmup=False, threads=1)
+    return PyTorchEngine(
+        model_dir, options, TorchOptions(**{"dtype": "float32", "quantize": "none", **torch_options})
+    )
 
 
 def pcm(engine: PyTorchEngine, text: str, voice_index: int = 0) -> np.ndarray:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import snr_db
 
-from wyoming_qwen3tts.engine.codec import MAX_FRAMES_PER_PASS, DecoderState, StreamingDecoder, TorchCodec
+from wyoming_qwen3tts.engine.codec import StreamingDecoder, TorchCodec
 from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.seams import MAX_FRAMES_PER_PASS, DecoderState
 
 FRAMES = 90  # longer than the 72-frame attention window and upstream's 25 frames of context
 SAMPLES = 1920

@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from conftest import snr_db
 
+from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine, to_pcm16
+from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
-from wyoming_qwen3tts.settings import Settings
 
 TEXT = "Hello there, this is a test."
 
@@ -28,7 +29,9 @@ def test_greedy_streamed_audio_equals_qwen_tts_generate(tiny_models):
     expected = np.frombuffer(to_pcm16(wavs[0]), "<i2").astype(np.float64)
 
     engine = PyTorchEngine(
-        model_dir, Settings(dtype="float32", quantize="none", greedy=True, max_frames=frames)
+        model_dir,
+        EngineOptions(greedy=True, max_frames=frames),
+        TorchOptions(dtype="float32", quantize="none"),
     )
     voice = next(v for v in engine.voices() if v.name == "ryan")
     chunks = list(engine.synthesize(TEXT, voice, "english"))
@@ -45,8 +48,8 @@ def test_greedy_streamed_audio_equals_qwen_tts_generate(tiny_models):
 
 
 def test_clone_voice_reference_codes_are_decoded_once(tiny_models, voices_dir, tmp_path):
-    settings = Settings(voices_dir=voices_dir, data_dir=tmp_path, greedy=True, max_frames=6, quantize="none")
-    engine = PyTorchEngine(tiny_models["base"], settings)
+    options = EngineOptions(voices_dir=voices_dir, data_dir=tmp_path, greedy=True, max_frames=6)
+    engine = PyTorchEngine(tiny_models["base"], options, TorchOptions(quantize="none"))
     anna = next(v for v in engine.voices() if v.name == "anna")
     primed = anna.clone_prompt.primed
     frames_before = primed.frames

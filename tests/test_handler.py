@@ -14,7 +14,6 @@ import time
 import zlib
 from array import array
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -38,9 +37,11 @@ from wyoming.tts import (
 
 from wyoming_qwen3tts.engine.seams import Engine
 from wyoming_qwen3tts.requests import EngineError
+from wyoming_qwen3tts.service import SpeechOptions, SpeechService
 from wyoming_qwen3tts.text import split_sentences
 from wyoming_qwen3tts.voices.voice import Voice
-from wyoming_qwen3tts.wyoming.handler import HandlerOptions, InferenceQueue, Qwen3TTSEventHandler
+from wyoming_qwen3tts.worker import InferenceWorker
+from wyoming_qwen3tts.wyoming.handler import HandlerOptions, Qwen3TTSEventHandler
 
 SAMPLES_PER_CHAR = 64
 SAMPLES_PER_CHUNK = 256  # the handler's audio-chunk size in these tests
@@ -114,7 +115,7 @@ class Server:
     engine: FakeEngine
     port: int
     tcp_server: AsyncTcpServer
-    inference: InferenceQueue
+    worker: InferenceWorker
     clients: list[AsyncTcpClient] = field(default_factory=list)
 
     async def client(self) -> AsyncTcpClient:
@@ -130,13 +131,18 @@ async def start_server() -> AsyncIterator:
     servers: list[Server] = []
 
     async def start(engine: FakeEngine | None = None, **options: Any) -> Server:
+        """options: fields of SpeechOptions or HandlerOptions."""
         engine = engine or FakeEngine()
         settings = {"samples_per_chunk": SAMPLES_PER_CHUNK, "max_text_chars": MAX_TEXT_CHARS, **options}
-        inference = InferenceQueue()
+        speech_fields = SpeechOptions.__dataclass_fields__
+        speech = SpeechOptions(**{k: v for k, v in settings.items() if k in speech_fields})
+        handler = HandlerOptions(**{k: v for k, v in settings.items() if k not in speech_fields})
+        worker = InferenceWorker()
         tcp_server = AsyncTcpServer("127.0.0.1", 0)
-        await tcp_server.start(partial(Qwen3TTSEventHandler, engine, HandlerOptions(**settings), inference))
+        service = SpeechService(engine, speech, worker)
+        await tcp_server.start(partial(Qwen3TTSEventHandler, service, handler))
         port = cast(asyncio.Server, tcp_server._server).sockets[0].getsockname()[1]
-        server = Server(engine, port, tcp_server, inference)
+        server = Server(engine, port, tcp_server, worker)
         servers.append(server)
         return server
 
@@ -149,7 +155,7 @@ async def start_server() -> AsyncIterator:
         await server.tcp_server.stop()
         if handler_tasks:
             await asyncio.wait(handler_tasks, timeout=READ_TIMEOUT)
-        await server.inference.aclose()
+        await server.worker.aclose()
 
 
 async def read_until(client: AsyncTcpClient, last_type: str) -> list[Event]:
@@ -572,130 +578,3 @@ async def test_garbage_closes_only_its_own_connection(start_server, garbage: byt
 
     events = await speak(await server.client(), "Still fine.")
     assert audio_of(events) == expected_audio("Still fine.")
-
-
-# -- the inference queue ------------------------------------------------------------------------
-
-
-async def test_inference_queue_runs_every_job_on_one_thread() -> None:
-    queue = InferenceQueue()
-    try:
-        names = await asyncio.gather(*(queue.run(lambda: threading.current_thread().name) for _ in range(5)))
-        assert len(set(names)) == 1
-        assert names[0] != threading.current_thread().name
-    finally:
-        await queue.aclose()
-
-
-async def test_inference_queue_closes_an_abandoned_generator_on_its_thread() -> None:
-    closed_on: list[str] = []
-
-    def numbers() -> Iterator[int]:
-        try:
-            yield from range(100)
-        finally:
-            closed_on.append(threading.current_thread().name)
-
-    queue = InferenceQueue()
-    try:
-        worker = await queue.run(lambda: threading.current_thread().name)
-        async with aclosing(queue.iterate(numbers)) as items:
-            async for item in items:
-                if item == 2:
-                    break
-        await queue.run(lambda: None)  # the close was queued before this job
-        assert closed_on == [worker]
-    finally:
-        await queue.aclose()
-
-
-async def test_inference_queue_refuses_work_once_closed() -> None:
-    queue = InferenceQueue()
-    await queue.aclose()
-    assert queue.closed
-    with pytest.raises(RuntimeError):
-        await queue.run(lambda: None)
-
-
-async def test_inference_queue_computes_the_next_step_while_an_item_is_sent() -> None:
-    second_step_ran = threading.Event()
-    steps_run: list[int] = []
-
-    def numbers() -> Iterator[int]:
-        for number in range(3):
-            steps_run.append(number)
-            if number == 1:
-                second_step_ran.set()
-            yield number
-
-    queue = InferenceQueue()
-    try:
-        async with aclosing(queue.iterate(numbers)) as items:
-            assert await anext(items) == 0
-            # The consumer still holds item 0 (as when it writes audio): the worker is not idle meanwhile.
-            assert await asyncio.to_thread(second_step_ran.wait, READ_TIMEOUT)
-            assert [item async for item in items] == [1, 2]
-        assert steps_run == [0, 1, 2]
-    finally:
-        await queue.aclose()
-
-
-async def test_inference_queue_drops_the_error_of_a_step_computed_for_a_consumer_that_left() -> None:
-    def failing() -> Iterator[int]:
-        yield 0
-        raise RuntimeError("step computed ahead fails")
-
-    queue = InferenceQueue()
-    try:
-        async with aclosing(queue.iterate(failing)) as items:
-            assert await anext(items) == 0
-        assert await queue.run(lambda: "still serving") == "still serving"
-    finally:
-        await queue.aclose()
-
-
-async def test_a_new_sentence_waits_for_one_step_of_another_connection_not_two() -> None:
-    log: list[str] = []
-
-    def steps(name: str, count: int, seconds: float) -> Iterator[str]:
-        for number in range(count):
-            time.sleep(seconds)
-            log.append(f"{name}{number}")
-            yield f"{name}{number}"
-
-    async def speak_all(name: str, count: int, seconds: float) -> None:
-        async with aclosing(queue.iterate(steps, name, count, seconds)) as items:
-            async for _ in items:
-                pass
-
-    queue = InferenceQueue()
-    try:
-        long_one = asyncio.ensure_future(speak_all("a", 30, 0.02))  # another connection, in full flow
-        await asyncio.sleep(0.1)
-        asked_at = len(log)
-        await speak_all("b", 1, 0.0)
-        waited_for = [entry for entry in log[asked_at : log.index("b0")] if entry.startswith("a")]
-        await long_one
-        # The step that was running when it asked, and nothing more (two before: made, then stepped).
-        assert len(waited_for) <= 1, log
-    finally:
-        await queue.aclose()
-
-
-async def test_a_cancelled_request_computes_at_most_one_step_more() -> None:
-    log: list[int] = []
-
-    def steps() -> Iterator[int]:
-        for number in range(100):
-            time.sleep(0.01)
-            log.append(number)
-            yield number
-
-    queue = InferenceQueue()
-    try:
-        async with aclosing(queue.iterate(steps)) as items:
-            assert await anext(items) == 0
-        await queue.run(lambda: None)  # everything queued before this has run
-        assert log[0] == 0 and len(log) <= 2  # at most the step computed ahead after the consumer left
-    finally:
-        await queue.aclose()

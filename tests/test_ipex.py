@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import assert_logits_agree, snr_db
 
+from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
 from wyoming_qwen3tts.engine.pytorch.ipex import (
     WOQ_INT8,
@@ -20,8 +21,9 @@ from wyoming_qwen3tts.engine.pytorch.ipex import (
     choose_ipex_precision,
     import_ipex,
 )
+from wyoming_qwen3tts.engine.pytorch.options import TorchOptions, ipex_problem
 from wyoming_qwen3tts.requests import EngineError
-from wyoming_qwen3tts.settings import Settings, SettingsError, ipex_problem, parse_settings
+from wyoming_qwen3tts.settings import Settings, SettingsError, parse_settings
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 NO_IPEX = ipex_problem()
@@ -79,23 +81,24 @@ def test_a_torch_other_than_2_8_is_refused_before_ipex_is_imported(monkeypatch):
 
 
 def test_precision_follows_what_ipex_can_do_on_the_cpu():
-    assert choose_ipex_precision(Settings(), AVX2) == IpexPrecision("float32", "float32", "float32", None)
+    assert choose_ipex_precision(TorchOptions(), AVX2) == IpexPrecision("float32", "float32", "float32", None)
     with pytest.raises(ValueError, match="--dtype float32"):  # IPEX refuses bf16 prepack without AVX-512
-        choose_ipex_precision(Settings(dtype="bfloat16"), AVX2)
-    bf16 = choose_ipex_precision(Settings(), AVX512 | {"avx512_bf16"})
+        choose_ipex_precision(TorchOptions(dtype="bfloat16"), AVX2)
+    bf16 = choose_ipex_precision(TorchOptions(), AVX512 | {"avx512_bf16"})
     assert (bf16.compute_dtype, bf16.int8_kernel) == ("bfloat16", None)
     # int8 only when asked for: IPEX's weight-only int8 is far slower than its float linears on one token.
-    assert choose_ipex_precision(Settings(quantize="auto"), AVX2).int8_kernel is None
-    assert choose_ipex_precision(Settings(quantize="int8"), AVX2).int8_kernel == WOQ_INT8
+    assert choose_ipex_precision(TorchOptions(quantize="auto"), AVX2).int8_kernel is None
+    assert choose_ipex_precision(TorchOptions(quantize="int8"), AVX2).int8_kernel == WOQ_INT8
     with pytest.raises(ValueError, match="float16"):
-        choose_ipex_precision(Settings(dtype="float16"), AVX2)
+        choose_ipex_precision(TorchOptions(dtype="float16"), AVX2)
 
 
-def engine(model_dir, backend: str, **settings) -> PyTorchEngine:
+def engine(model_dir, backend: str, **torch_options) -> PyTorchEngine:
     from wyoming_qwen3tts.engine.registry import create_engine
 
+    options = EngineOptions(greedy=True, warmup=False, threads=1)
     engine = create_engine(
-        Settings(backend=backend, greedy=True, warmup=False, threads=1, **settings), model_dir
+        Settings(backend=backend, engine=options, torch=TorchOptions(**torch_options)), model_dir
     )
     assert isinstance(engine, PyTorchEngine)
     return engine

@@ -16,7 +16,7 @@ from test_server import (  # noqa: F401  (collected here, run on the fixtures be
     test_voice_design_model_speaks_its_default_voice,
 )
 
-from wyoming_qwen3tts.settings import ipex_problem
+from wyoming_qwen3tts.engine.pytorch.options import ipex_problem
 
 NO_IPEX = ipex_problem()
 pytestmark = pytest.mark.skipif(NO_IPEX is not None, reason=f"no IPEX here: {NO_IPEX}")

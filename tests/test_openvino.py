@@ -31,9 +31,10 @@ from wyoming_qwen3tts.engine.openvino.runtime import OpenVINOSteps, compile_conf
 from wyoming_qwen3tts.engine.pipeline import CHUNK_SCHEDULE
 from wyoming_qwen3tts.engine.prompt import PromptBuilder
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.registry import create_engine
 from wyoming_qwen3tts.engine.seams import CodeLayout
 from wyoming_qwen3tts.requests import EngineError
-from wyoming_qwen3tts.settings import Settings
+from wyoming_qwen3tts.settings import EngineOptions, OpenVINOOptions, Settings, TorchOptions
 from wyoming_qwen3tts.voices.voice import Voice
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -53,8 +54,13 @@ VOICES = [
 ]
 
 
-def settings(tmp: Path, **more) -> Settings:
-    return Settings(greedy=True, warmup=False, threads=1, max_frames=FRAMES, data_dir=tmp, **more)
+def options(tmp: Path, **more) -> EngineOptions:
+    return EngineOptions(greedy=True, warmup=False, threads=1, max_frames=FRAMES, data_dir=tmp, **more)
+
+
+def openvino_engine(tmp: Path, model: Path | str, export: Path | None = None, **ov_options) -> OpenVINOEngine:
+    """The OpenVINO engine serving model from export (None: from the export made on first start)."""
+    return OpenVINOEngine(options(tmp, model=str(model)), OpenVINOOptions(model_dir=export, **ov_options))
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +76,14 @@ def engines(tiny_models, voices_dir, ov_exports, tmp_path_factory):
             voices = voices_dir if kind == "base" else None
             reference = PyTorchEngine(
                 tiny_models[kind],
-                settings(tmp_path_factory.mktemp("pt"), dtype="float32", quantize="none", voices_dir=voices),
+                options(tmp_path_factory.mktemp("pt"), voices_dir=voices),
+                TorchOptions(dtype="float32", quantize="none"),
             )
-            exported = OpenVINOEngine(
-                settings(
-                    tmp_path_factory.mktemp("ov"),
-                    backend="openvino",
-                    model=str(tiny_models[kind]),
-                    ov_model_dir=ov_exports[kind, "fp32"],
-                    voices_dir=voices,
-                )
+            on_openvino = OpenVINOEngine(
+                options(tmp_path_factory.mktemp("ov"), model=str(tiny_models[kind]), voices_dir=voices),
+                OpenVINOOptions(model_dir=ov_exports[kind, "fp32"]),
             )
-            self[kind] = (reference, exported)
+            self[kind] = (reference, on_openvino)
             return self[kind]
 
     return Engines()
@@ -223,7 +225,7 @@ def test_an_export_of_another_model_is_refused(tiny_models, ov_exports, tmp_path
     other = build_tiny_model(tmp_path / "other", "custom_voice", seed=1)
     export = ov_exports["custom_voice", "fp32"]
     with pytest.raises(EngineError) as caught:
-        OpenVINOEngine(settings(tmp_path, backend="openvino", model=str(other), ov_model_dir=export))
+        openvino_engine(tmp_path, other, export)
     assert caught.value.code == "export-mismatch"
     message = str(caught.value)
     assert str(export) in message and str(tiny_models["custom_voice"].resolve()) in message
@@ -236,7 +238,7 @@ def test_ov_model_dir_without_an_export_names_the_command(tiny_models, tmp_path)
     empty.mkdir()
     model = str(tiny_models["custom_voice"])
     with pytest.raises(EngineError) as caught:
-        OpenVINOEngine(settings(tmp_path, backend="openvino", model=model, ov_model_dir=empty))
+        openvino_engine(tmp_path, model, empty)
     assert caught.value.code == "no-export"
     assert f"wyoming-qwen3tts-export-openvino --model {model} --output {empty}" in str(caught.value)
     assert not (empty / "manifest.json").exists()
@@ -258,17 +260,19 @@ def test_without_ov_model_dir_the_first_load_exports_into_the_data_dir(
 
     monkeypatch.setattr(ov_engine_module, "export_model", export_model)
     model = tiny_models["custom_voice"]
-    config = settings(tmp_path, backend="openvino", model=str(model), ov_weights="fp32")
     expected_dir = tmp_path / "openvino" / "custom_voice-fp32"
-    assert default_export_dir(config) == expected_dir
+    assert (
+        default_export_dir(options(tmp_path, model=str(model)), OpenVINOOptions(weights="fp32"))
+        == expected_dir
+    )
 
-    first = OpenVINOEngine(config)
+    first = openvino_engine(tmp_path, model, weights="fp32")
     assert calls == [(model, expected_dir, "fp32")]
     assert first.export_dir == expected_dir
     stamp = (expected_dir / "manifest.json").stat().st_mtime_ns
     assert "ryan" in {v.name for v in first.voices()}
 
-    second = OpenVINOEngine(config)
+    second = openvino_engine(tmp_path, model, weights="fp32")
     assert len(calls) == 1  # reused, not made again
     assert second.export_dir == expected_dir
     assert (expected_dir / "manifest.json").stat().st_mtime_ns == stamp
@@ -281,9 +285,7 @@ def test_a_manifest_of_another_format_is_one_clear_error(ov_exports, tiny_models
     manifest["format"] = 999
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EngineError, match="another version of the exporter") as caught:
-        OpenVINOEngine(
-            settings(tmp_path, backend="openvino", model=str(tiny_models["custom_voice"]), ov_model_dir=copy)
-        )
+        openvino_engine(tmp_path, tiny_models["custom_voice"], copy)
     assert "wyoming-qwen3tts-export-openvino" in str(caught.value)
 
 
@@ -353,14 +355,13 @@ def test_exported_tables_are_memory_mapped(ov_exports):
 
 def test_compile_is_skipped_with_a_warning(tiny_models, ov_exports, tmp_path, caplog):
     """--compile is the pytorch backend's; the OpenVINO engine says so and serves as without it."""
-    exported = OpenVINOEngine(
-        settings(
-            tmp_path,
-            backend="openvino",
-            model=str(tiny_models["custom_voice"]),
-            ov_model_dir=ov_exports["custom_voice", "fp32"],
-            compile=True,
-        )
+    settings = Settings(
+        backend="openvino",
+        engine=options(tmp_path, model=str(tiny_models["custom_voice"])),
+        torch=TorchOptions(compile=True),
+        openvino=OpenVINOOptions(model_dir=ov_exports["custom_voice", "fp32"]),
     )
+    exported = create_engine(settings)
+    assert isinstance(exported, OpenVINOEngine)
     assert "--compile skipped" in caplog.text and "--backend pytorch" in caplog.text
     assert exported.voices()

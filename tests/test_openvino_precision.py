@@ -14,13 +14,14 @@ import pytest
 from openvino_child import check_compiles_in_child
 
 from wyoming_qwen3tts.engine.openvino.engine import OpenVINOEngine
+from wyoming_qwen3tts.engine.openvino.options import OpenVINOOptions
 from wyoming_qwen3tts.engine.openvino.runtime import (
     PRECISION_HINTS,
     compile_config,
     compiled_precision,
     inference_precision,
 )
-from wyoming_qwen3tts.settings import DTYPES, Settings
+from wyoming_qwen3tts.engine.options import DTYPES, EngineOptions
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -58,20 +59,13 @@ def test_the_compiled_talker_reports_the_precision_it_runs(ov_exports, asked):
 
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
 def test_the_engine_logs_the_precision_it_computes_in(ov_exports, tiny_models, tmp_path, caplog, dtype):
-    settings = Settings(
-        backend="openvino",
-        model=str(tiny_models["custom_voice"]),
-        ov_model_dir=ov_exports["custom_voice", "fp32"],
-        dtype=dtype,
-        warmup=False,
-        threads=1,
-        data_dir=tmp_path,
-    )
-    check_compiles_in_child(
-        sorted(settings.ov_model_dir.glob("*.xml")), compile_config("CPU", 1, inference_precision(dtype))
-    )
+    model = str(tiny_models["custom_voice"])
+    options = EngineOptions(model=model, warmup=False, threads=1, data_dir=tmp_path)
+    export = ov_exports["custom_voice", "fp32"]
+    config = compile_config("CPU", 1, inference_precision(dtype))
+    check_compiles_in_child(sorted(export.glob("*.xml")), config)
     with caplog.at_level(logging.INFO):
-        OpenVINOEngine(settings)
+        OpenVINOEngine(options, OpenVINOOptions(model_dir=export, dtype=dtype))
     runs = "bf16" if dtype == "bfloat16" and native_bf16() else "f32"
     assert f"inference precision {runs};" in caplog.text
     warned = "this CPU computes in f32" in caplog.text

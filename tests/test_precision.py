@@ -6,17 +6,18 @@ import pytest
 import torch
 from conftest import assert_logits_agree
 
+from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 from wyoming_qwen3tts.engine.pytorch.precision import Precision, choose_precision
 from wyoming_qwen3tts.engine.pytorch.quantize import available_kernels
-from wyoming_qwen3tts.settings import Settings
 
 TEXT = "Turn on the kitchen light, please."
 FRAMES = 10
 
 
-def engine(model_dir, **settings) -> PyTorchEngine:
-    return PyTorchEngine(model_dir, Settings(greedy=True, warmup=False, **settings))
+def engine(model_dir, **torch_options) -> PyTorchEngine:
+    return PyTorchEngine(model_dir, EngineOptions(greedy=True, warmup=False), TorchOptions(**torch_options))
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +64,13 @@ def test_weight_only_int8_kernel_matches_float(tiny_models, reference):
 
 
 def test_auto_precision_follows_the_cpu():
-    avx2 = choose_precision(Settings(), native_bf16=False, kernels=["dynamic", "weight-only"])
+    avx2 = choose_precision(TorchOptions(), native_bf16=False, kernels=["dynamic", "weight-only"])
     assert avx2 == Precision("bfloat16", "float32", "float32", "dynamic")
-    bf16 = choose_precision(Settings(), native_bf16=True, kernels=["dynamic"])
+    bf16 = choose_precision(TorchOptions(), native_bf16=True, kernels=["dynamic"])
     assert bf16.int8_kernel == "dynamic" and bf16.codec_dtype == "bfloat16"
-    plain = choose_precision(Settings(quantize="none"), native_bf16=False, kernels=["dynamic"])
+    plain = choose_precision(TorchOptions(quantize="none"), native_bf16=False, kernels=["dynamic"])
     assert plain == Precision("float32", "float32", "float32", None)
-    no_kernel = choose_precision(Settings(), native_bf16=False, kernels=[])
+    no_kernel = choose_precision(TorchOptions(), native_bf16=False, kernels=[])
     assert no_kernel.int8_kernel is None
     with pytest.raises(ValueError, match="no int8 kernel"):
-        choose_precision(Settings(quantize="int8"), native_bf16=False, kernels=[])
+        choose_precision(TorchOptions(quantize="int8"), native_bf16=False, kernels=[])

@@ -10,7 +10,6 @@ from qwen_reference import capture_prompt
 
 from wyoming_qwen3tts.engine.loop import SamplingOptions, TalkerPrompt
 from wyoming_qwen3tts.engine.prompt import (
-    CloneReference,
     PromptBuilder,
     StoredEmbeddingTables,
     TorchEmbeddingTables,
@@ -18,6 +17,7 @@ from wyoming_qwen3tts.engine.prompt import (
     merge_generate_kwargs,
 )
 from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
+from wyoming_qwen3tts.engine.seams import CloneReference
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

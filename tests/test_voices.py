@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from wyoming_qwen3tts.__main__ import watch_voices
+from wyoming_qwen3tts.service import SpeechOptions, SpeechService
 from wyoming_qwen3tts.voices import (
     ClonePromptCache,
     StoredPrompt,
@@ -22,7 +22,7 @@ from wyoming_qwen3tts.voices import (
     model_fingerprint,
     prompt_key,
 )
-from wyoming_qwen3tts.worker import InferenceQueue
+from wyoming_qwen3tts.worker import InferenceWorker
 
 LANGUAGES = ("chinese", "english", "german", "french")
 
@@ -333,8 +333,9 @@ class ReloadRecorder:
 
 async def test_the_watcher_reloads_on_the_inference_thread_and_survives_a_failure(caplog):
     recorder = ReloadRecorder()
-    inference = InferenceQueue(thread_name="inference-under-test")
-    watching = asyncio.create_task(watch_voices(recorder, inference, 0.01))  # type: ignore[arg-type]
+    inference = InferenceWorker(thread_name="inference-under-test")
+    service = SpeechService(recorder, SpeechOptions(), inference)  # type: ignore[arg-type]
+    watching = asyncio.create_task(service.watch_voices(0.01))
     try:
         for _ in range(500):
             if len(recorder.threads) >= 4:

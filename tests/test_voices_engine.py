@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
-from wyoming_qwen3tts.settings import Settings
 from wyoming_qwen3tts.voices import VoiceError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -39,15 +40,8 @@ def make_voices_dir(root: Path, source: Path, voices: dict | None = None) -> Pat
 
 
 def engine_for(model: Path, voices_dir: Path | None, data_dir: Path) -> PyTorchEngine:
-    settings = Settings(
-        voices_dir=voices_dir,
-        data_dir=data_dir,
-        greedy=True,
-        max_frames=FRAMES,
-        quantize="none",
-        dtype="float32",
-    )
-    return PyTorchEngine(model, settings)
+    options = EngineOptions(voices_dir=voices_dir, data_dir=data_dir, greedy=True, max_frames=FRAMES)
+    return PyTorchEngine(model, options, TorchOptions(quantize="none", dtype="float32"))
 
 
 def speak(engine: PyTorchEngine, name: str, language: str = "auto") -> bytes:

@@ -1,23 +1,21 @@
-"""Speech requests independent of the protocol they came by: text in, whole-sample PCM out.
+"""The speech service: one engine and its worker thread behind every front end (Wyoming, HTTP, ...).
 
-Both front ends, the Wyoming handler and the OpenAI-compatible HTTP API, are
-thin adapters over this module. It resolves voices and languages, reads SSML,
-cuts text into sentences, normalises them, runs each on the shared
-InferenceQueue (so every client's sentences interleave step by step), and
-turns breaks into silence. Refusals are RequestErrors whose codes both front
-ends pass on (as a Wyoming error event, or an HTTP error body).
+speak() turns a SpeechRequest into a Speech: checked, its voice and language resolved, spoken part by part on
+the worker (so every client's sentences interleave step by step), and logged in one line when it ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
 
-from .engine.seams import Engine
 from .languages import AUTO, to_model_language
 from .requests import (
     INVALID_EVENT,
@@ -26,78 +24,164 @@ from .requests import (
     UNKNOWN_VOICE,
     UNSUPPORTED_LANGUAGE,
     RequestError,
+    SpeechRequest,
+    TextStream,
+    Utterance,
+    VoiceRequest,
+    outcome_of,
 )
-from .text import SsmlDocument, SsmlError, normalize, parse_ssml, split_sentences
+from .text import Part, Pause, SsmlDocument, SsmlError, normalize, parse_ssml, ssml_parts
+from .voices.config import CONFIG_NAME, read_openai_voices
 from .voices.voice import Voice
-from .worker import InferenceQueue
+from .worker import InferenceWorker
+
+if TYPE_CHECKING:
+    from .engine.seams import Engine
 
 _LOGGER = logging.getLogger(__name__)
 
-TEXT_FORMATS = ("text", "ssml")
 NAME_SHOWN = 40  # characters of an unknown voice name repeated in the error
-MAX_PAUSE_MS = 10_000  # longest SSML break (SSML itself suggests up to 10 s)
-MAX_SILENCE_MS = 60_000  # most silence one request may ask for with breaks
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpeechOptions:
-    """Server-wide choices that apply to every request, whatever protocol brought it."""
+    """Server-wide choices that apply to every request, whatever front end brought it."""
 
     default_voice: str | None = None  # None: the engine's first voice
     default_language: str = AUTO  # "auto" or a model language name ("english")
     max_text_chars: int = 5000  # longer requests (or streams) are refused
     normalize: bool = True  # numbers, dates, money, markup ... written out before synthesis
+    voices_dir: Path | None = None  # its voices.json may rename OpenAI's voice names
 
 
-@dataclass(frozen=True)
-class VoiceRequest:
-    """What a request asks for; any part may be missing."""
+class SpeechService:
+    """Speaks requests on one engine and one worker thread, for every front end."""
 
-    name: str | None = None
-    speaker: str | None = None
-    language: str | None = None
-    instructions: str | None = None  # a style instruction for this request (HTTP only)
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Silence between sentences (an SSML break)."""
-
-    milliseconds: int
-
-
-Part = str | Pause  # a sentence to speak, or a pause
-
-
-@dataclass
-class Utterance:
-    """One response from its first to its last sample, and the numbers logged at its end."""
-
-    voice: Voice
-    language: str
-    client: str = "-"  # who asked, for the log line ("wyoming 127.0.0.1:50312", "http ...")
-    language_requested: bool = False  # the request named one: an SSML xml:lang does not override it
-    instructions_ignored: bool = False  # the request's instructions could not be followed
-    chars: int = 0
-    samples: int = 0  # whole samples handed to the front end so far
-    pcm_remainder: bytes = b""  # a trailing half sample, kept for the next engine chunk
-    text_ready_at: float | None = None  # when its first sentence was ready to speak
-    first_audio_at: float | None = None
-    synthesis_seconds: float = 0.0  # time spent waiting for the engine
-    outcome: str | None = None  # set once its log line is written
-
-
-class Speech:
-    """Turns requests into PCM on one engine and one inference queue, for every front end."""
-
-    def __init__(self, engine: Engine, options: SpeechOptions, inference: InferenceQueue) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, options: SpeechOptions, worker: InferenceWorker) -> None:
+        self._engine = engine
         self.options = options
-        self.inference = inference
+        self.worker = worker
+        self._openai_voices: tuple[float, dict[str, str]] = (-1.0, {})  # voices.json's mtime, its table
+
+    # -- the audio it makes -------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return self._engine.sample_rate
+
+    @property
+    def sample_width(self) -> int:
+        return self._engine.sample_width
+
+    @property
+    def channels(self) -> int:
+        return self._engine.channels
 
     @property
     def sample_bytes(self) -> int:
-        return self.engine.sample_width * self.engine.channels
+        return self._engine.sample_width * self._engine.channels
+
+    # -- voices --------------------------------------------------------------------------------
+
+    def voices(self) -> Sequence[Voice]:
+        """The voices a client may ask for, default first."""
+        return self._engine.voices()
+
+    def languages(self) -> Sequence[str]:
+        """Model language names the model speaks (without "auto")."""
+        return self._engine.languages()
+
+    def voice_languages(self, voice: Voice) -> Sequence[str]:
+        """The model languages voice speaks: its own, else every one of the model."""
+        return voice.languages or self._engine.languages()
+
+    def follows_instructions(self, voice: Voice) -> bool:
+        return self._engine.follows_instructions(voice)
+
+    def default_voice(self) -> Voice:
+        voices = self._engine.voices()
+        if self.options.default_voice:
+            voice = find_voice(voices, self.options.default_voice, self.options.default_voice)
+            if voice is None:
+                missing = self.options.default_voice
+                raise RequestError(
+                    f"Default voice {missing!r} does not exist; known: {voice_names(voices)}", UNKNOWN_VOICE
+                )
+            return voice
+        if not voices:
+            raise RequestError("The server has no voices", UNKNOWN_VOICE)
+        return voices[0]
+
+    def openai_voices(self) -> dict[str, str]:
+        """voices.json's "openai_voices" (OpenAI voice name -> voice name), re-read when the file changes."""
+        if self.options.voices_dir is None:
+            return {}
+        path = self.options.voices_dir / CONFIG_NAME
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return {}
+        if mtime != self._openai_voices[0]:
+            self._openai_voices = (mtime, read_openai_voices(path))
+        return self._openai_voices[1]
+
+    async def clone(self, audio: bytes, transcript: str | None) -> Voice:
+        """A voice cloned from reference audio for one request (Base models), built on the worker."""
+        return await self.worker.run(self._engine.clone_voice, audio, transcript)
+
+    async def watch_voices(self, interval: float) -> None:
+        """Look for changes in the voices directory every interval seconds, until cancelled.
+
+        The look runs on the worker, between synthesis steps: a new clone prompt runs the model,
+        and all torch work stays on that one thread.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.worker.run(self._engine.reload_voices)
+            except Exception:
+                if self.worker.closed:  # shutting down
+                    return
+                _LOGGER.exception("Reloading the voices failed; the voices stay as they were")
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def speak(self, request: SpeechRequest, voice: Voice | None = None) -> Speech:
+        """The Speech of request, checked now (RequestError if it cannot be spoken).
+
+        voice is one the front end holds already (a clone, what an OpenAI name maps to); without it the
+        request's voice is looked up. A whole text is ready to speak at once; otherwise feed the Speech
+        its text and close it.
+        """
+        if request.text is not None:
+            self.check_text(request.text)
+        text = TextStream(request.text_format)
+        document = read_ssml(request.text) if request.text is not None and text.ssml else None
+        speech = Speech(self, *self._voice_and_utterance(request, voice), text)
+        if request.text is not None:
+            if document is None:
+                text.feed(request.text)
+            speech._complete(document)
+        return speech
+
+    def _voice_and_utterance(self, request: SpeechRequest, voice: Voice | None) -> tuple[Voice, Utterance]:
+        """The voice to speak with (its instructions applied where it follows them), and a new Utterance."""
+        asked = request.voice
+        voice = voice or self.resolve_voice(asked)
+        ignored = False
+        if asked.instructions:
+            if self._engine.follows_instructions(voice):
+                voice = replace(voice, instruct=asked.instructions)
+            else:
+                ignored = True
+        utterance = Utterance(
+            voice_name=voice.name,
+            language=self.resolve_language(voice, asked.language),
+            client=request.client,
+            language_requested=bool(asked.language),
+            instructions_ignored=ignored,
+        )
+        return voice, utterance
 
     def check_length(self, chars: int) -> None:
         if chars > self.options.max_text_chars:
@@ -113,29 +197,8 @@ class Speech:
                 "Text is not valid Unicode (it holds a lone surrogate)", INVALID_EVENT
             ) from None
 
-    # -- voice and language ---------------------------------------------------
-
-    def open(
-        self, request: VoiceRequest, document_language: str | None = None, client: str = "-"
-    ) -> Utterance:
-        """A new utterance with its voice and language resolved (RequestError if they cannot be)."""
-        voice = self.resolve_voice(request)
-        ignored = False
-        if request.instructions:
-            if self.engine.follows_instructions(voice):
-                voice = replace(voice, instruct=request.instructions)
-            else:
-                ignored = True
-        return Utterance(
-            voice=voice,
-            language=self.resolve_language(voice, request.language or document_language),
-            client=client,
-            language_requested=request.language is not None,
-            instructions_ignored=ignored,
-        )
-
     def resolve_voice(self, request: VoiceRequest) -> Voice:
-        voices = self.engine.voices()
+        voices = self._engine.voices()
         if not voices:
             raise RequestError("The server has no voices", UNKNOWN_VOICE)
         if request.name or request.speaker:
@@ -146,23 +209,9 @@ class Speech:
             return voice
         return self.default_voice()
 
-    def default_voice(self) -> Voice:
-        voices = self.engine.voices()
-        if self.options.default_voice:
-            voice = find_voice(voices, self.options.default_voice, self.options.default_voice)
-            if voice is None:
-                missing = self.options.default_voice
-                raise RequestError(
-                    f"Default voice {missing!r} does not exist; known: {voice_names(voices)}", UNKNOWN_VOICE
-                )
-            return voice
-        if not voices:
-            raise RequestError("The server has no voices", UNKNOWN_VOICE)
-        return voices[0]
-
     def resolve_language(self, voice: Voice, requested: str | None) -> str:
         if requested:
-            language = to_model_language(requested, tuple(self.engine.languages()))
+            language = to_model_language(requested, tuple(self._engine.languages()))
             if language is None:
                 raise RequestError(f"Language {requested!r} is not supported", UNSUPPORTED_LANGUAGE)
             return language
@@ -170,64 +219,13 @@ class Speech:
             return voice.languages[0]
         return self.options.default_language
 
-    # -- text into parts --------------------------------------------------------
-
-    def text_parts(self, text: str) -> list[Part]:
-        return list(split_sentences(text))
-
-    def ssml_parts(self, utterance: Utterance, document: SsmlDocument) -> list[Part]:
-        """An SSML document's sentences, with a pause wherever it has a break."""
-        if document.ignored:
-            _LOGGER.debug("SSML elements spoken without their tags: %s", ", ".join(document.ignored))
-        parts: list[Part] = []
-        silence_left = MAX_SILENCE_MS
-        for segment in document.segments(utterance.language):
-            parts.extend(split_sentences(segment.text))
-            pause = min(segment.pause_ms, MAX_PAUSE_MS, silence_left)
-            if pause > 0:
-                parts.append(Pause(pause))
-                silence_left -= pause
-        return parts
-
-    def prepare(
-        self, text: str, text_format: str, request: VoiceRequest, client: str = "-"
-    ) -> tuple[Utterance, list[Part]]:
-        """A whole one-shot request: its utterance and the parts to speak, or a RequestError."""
-        self.check_text(text)
-        if check_text_format(text_format) == "ssml":
-            document = read_ssml(text)
-            utterance = self.open(request, document.language, client)
-            return utterance, self.ssml_parts(utterance, document)
-        return self.open(request, client=client), self.text_parts(text)
-
-    # -- parts into PCM -----------------------------------------------------------
-
-    def mark_text_ready(self, utterance: Utterance) -> None:
-        if utterance.text_ready_at is None:
-            utterance.text_ready_at = time.monotonic()
-
-    async def render(self, utterance: Utterance, part: Part) -> AsyncGenerator[bytes, None]:
-        """Whole-sample PCM of one part, chunk by chunk as the engine makes it."""
+    async def _render(self, voice: Voice, utterance: Utterance, part: Part) -> AsyncGenerator[bytes, None]:
+        """PCM of one part as the engine makes it (not cut on whole samples)."""
         if isinstance(part, Pause):
-            samples = self.engine.sample_rate * part.milliseconds // 1000
-            yield self._hand_out(utterance, bytes(samples * self.sample_bytes))
+            yield bytes(self.sample_rate * part.milliseconds // 1000 * self.sample_bytes)
             return
-        async with aclosing(self._speak(utterance, part)) as chunks:
-            async for pcm in chunks:
-                whole = self._hand_out(utterance, pcm)
-                if whole:
-                    yield whole
-
-    async def stream(self, utterance: Utterance, parts: Sequence[Part]) -> AsyncGenerator[bytes, None]:
-        """Whole-sample PCM of every part in order."""
-        self.mark_text_ready(utterance)
-        for part in parts:
-            async with aclosing(self.render(utterance, part)) as chunks:
-                async for pcm in chunks:
-                    yield pcm
-
-    async def _speak(self, utterance: Utterance, sentence: str) -> AsyncGenerator[bytes, None]:
-        utterance.chars += len(sentence)
+        utterance.chars += len(part)
+        sentence = part
         if self.options.normalize:
             try:
                 sentence = normalize(sentence, utterance.language)
@@ -235,8 +233,8 @@ class Speech:
                 _LOGGER.warning("Could not normalise %r; speaking it as written", sentence, exc_info=True)
             if not sentence:  # only markup or emoji
                 return
-        _LOGGER.debug("Speaking sentence with %s: %r", utterance.voice.name, sentence)
-        chunks = self.inference.iterate(self.engine.synthesize, sentence, utterance.voice, utterance.language)
+        _LOGGER.debug("Speaking sentence with %s: %r", voice.name, sentence)
+        chunks = self.worker.iterate(self._engine.synthesize, sentence, voice, utterance.language)
         async with aclosing(chunks):
             waiting_since = time.monotonic()
             async for pcm in chunks:
@@ -252,40 +250,86 @@ class Speech:
                 waiting_since = time.monotonic()
             utterance.synthesis_seconds += time.monotonic() - waiting_since
 
-    def _hand_out(self, utterance: Utterance, pcm: bytes) -> bytes:
-        """Whole samples of pcm (after any half sample left over), counted as handed out."""
-        data = utterance.pcm_remainder + bytes(pcm)
-        whole = len(data) - len(data) % self.sample_bytes
-        data, utterance.pcm_remainder = data[:whole], data[whole:]
-        if whole:
-            if utterance.first_audio_at is None:
-                utterance.first_audio_at = time.monotonic()
-            utterance.samples += whole // self.sample_bytes
-        return data
 
-    def log_finished(self, utterance: Utterance, outcome: str = "ok") -> None:
-        """One line per request: who, voice, language, size, first audio, real-time factor, outcome."""
-        if utterance.outcome is not None:
-            return
-        utterance.outcome = outcome
-        audio_seconds = utterance.samples / self.engine.sample_rate
-        if utterance.first_audio_at is None or utterance.text_ready_at is None:
-            first_audio = "-"
-        else:
-            first_audio = f"{(utterance.first_audio_at - utterance.text_ready_at) * 1000:.0f}"
-        rtf = f"{utterance.synthesis_seconds / audio_seconds:.2f}" if audio_seconds else "-"
-        _LOGGER.info(
-            "request client=%s voice=%s language=%s chars=%d audio_s=%.2f first_audio_ms=%s rtf=%s "
-            "outcome=%s",
-            utterance.client,
-            utterance.voice.name,
-            utterance.language,
-            utterance.chars,
-            audio_seconds,
-            first_audio,
-            rtf,
-            outcome,
-        )
+class Speech:
+    """One request being spoken: its Utterance, its text as it arrives, and its audio.
+
+    Speak it inside `async with speech:`, iterating it for whole-sample PCM as the engine makes it; the
+    request's log line is written when the block ends, saying how it ended. Text that arrives in pieces
+    is fed with feed() and ended with close(), while it is being spoken.
+    """
+
+    def __init__(self, service: SpeechService, voice: Voice, utterance: Utterance, text: TextStream) -> None:
+        self.voice = voice
+        self.utterance = utterance
+        self._service = service
+        self._text = text
+        self._audio = self._pcm()
+        self._working = False  # speaking a part, or ending (not just waiting for text)
+
+    @property
+    def waiting(self) -> int:
+        """Parts ready to speak and not yet begun, the end included once the text is complete."""
+        return self._text.waiting
+
+    @property
+    def speaking(self) -> bool:
+        """Audio is being made or waits to be (False while it only waits for more text)."""
+        return self._working or self._text.waiting > 0
+
+    def feed(self, text: str) -> None:
+        """More of the request's text; each sentence it completes is ready to speak."""
+        self._service.check_length(self._text.chars + len(text))
+        self._text.feed(text)
+
+    def close(self) -> None:
+        """The request's text is complete; SSML is read now, whole."""
+        self._complete(read_ssml(self._text.document) if self._text.ssml else None)
+
+    def _complete(self, document: SsmlDocument | None) -> None:
+        """Complete the text, with the parts of its SSML document if it has one."""
+        if document is not None:
+            utterance = self.utterance
+            if document.language and not utterance.language_requested:  # known only now
+                utterance.language = self._service.resolve_language(self.voice, document.language)
+            if document.ignored:
+                _LOGGER.debug("SSML elements spoken without their tags: %s", ", ".join(document.ignored))
+            self._text.add(ssml_parts(document, utterance.language))
+        self._text.close()
+
+    async def __aenter__(self) -> Speech:
+        self._working = True
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        try:
+            await self._audio.aclose()
+        finally:
+            self._working = False
+            self.utterance.text_ready_at = self._text.ready_at
+            _LOGGER.info("%s", self.utterance.log_line(outcome_of(error), self._service.sample_rate))
+
+    def __aiter__(self) -> Speech:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._audio.__anext__()
+
+    async def _pcm(self) -> AsyncGenerator[bytes, None]:
+        service = self._service
+        while True:
+            self._working = False
+            part = await self._text.next_part()
+            self._working = True
+            if part is None:
+                return
+            async with aclosing(service._render(self.voice, self.utterance, part)) as chunks:
+                async for pcm in chunks:
+                    whole = self.utterance.whole_samples(pcm, service.sample_bytes)
+                    if whole:
+                        yield whole
 
 
 def find_voice(voices: Sequence[Voice], name: str | None, speaker: str | None = None) -> Voice | None:
@@ -306,13 +350,9 @@ def find_voice(voices: Sequence[Voice], name: str | None, speaker: str | None = 
     return None
 
 
-def check_text_format(text_format: Any) -> str:
-    """The request's text format, if it is one of TEXT_FORMATS."""
-    if text_format not in TEXT_FORMATS:
-        raise RequestError(
-            f"text_format {text_format!r} is not supported; send {' or '.join(TEXT_FORMATS)}", INVALID_EVENT
-        )
-    return str(text_format)
+def voice_names(voices: Sequence[Voice], limit: int = 20) -> str:
+    names = ", ".join(voice.name for voice in voices[:limit])
+    return names + (", ..." if len(voices) > limit else "")
 
 
 def read_ssml(text: str) -> SsmlDocument:
@@ -320,19 +360,3 @@ def read_ssml(text: str) -> SsmlDocument:
         return parse_ssml(text)
     except SsmlError as err:
         raise RequestError(str(err), INVALID_SSML) from None
-
-
-def voice_names(voices: Sequence[Voice], limit: int = 20) -> str:
-    names = ", ".join(voice.name for voice in voices[:limit])
-    return names + (", ..." if len(voices) > limit else "")
-
-
-def short_failure(err: Exception) -> str:
-    return f"Synthesis failed: {type(err).__name__}: {err}"[:200]
-
-
-def describe_client(peer: Any, protocol: str) -> str:
-    """'wyoming 127.0.0.1:50312' from a socket's peer name (a tuple, a path or None)."""
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{protocol} {peer[0]}:{peer[1]}"
-    return f"{protocol} {peer or 'local'}"

@@ -1,12 +1,5 @@
-"""The one worker thread that runs every engine call, shared by all connections.
-
-PyTorch on a few CPU cores gains nothing from synthesizing two texts in
-parallel, and engine calls block, so they must stay off the event loop
-(which keeps answering describe and reading sockets meanwhile). Jobs run
-one at a time in the order they were submitted. Each step of an engine
-generator is its own job, and a connection has at most one step queued at a
-time, so several connections' syntheses interleave chunk by chunk instead of
-one waiting for another's whole text.
+"""The one worker thread that runs every engine call, one at a time, off the event loop: blocking calls
+gain nothing side by side on a few cores, and a job per generator step lets requests interleave by chunk.
 """
 
 from __future__ import annotations
@@ -21,7 +14,7 @@ T = TypeVar("T")
 _EXHAUSTED = object()
 
 
-class InferenceQueue:
+class InferenceWorker:
     """Runs blocking engine work on one shared worker thread, first come first served.
 
     initializer runs once on the worker thread before its first job (for

@@ -9,11 +9,11 @@ sliding_window - 1 keys and values of each transformer layer, plus the frame pos
 in chunks of any size then gives the same samples as decoding the whole utterance at once (up to float
 rounding).
 
-The seam between the stream and a backend is `CodecStep`, a pure `(codes, state) -> (pcm, state)`:
-`TorchCodec` runs `CodecGraph` eagerly, the OpenVINO backend (engine/openvino/codec.py) runs the same
-graph converted to IR. `StreamingDecoder` only holds a step and the current state. A state is a snapshot
-of immutable tensors, so a voice-clone reference prompt can be decoded once and its state restored at the
-start of every request that uses it, and concurrent streams share one step.
+The seam between the stream and a backend is `CodecStep` (engine/seams.py), a pure `(codes, state) ->
+(pcm, state)`: `TorchCodec` runs `CodecGraph` eagerly, the OpenVINO backend (engine/openvino/codec.py)
+runs the same graph converted to IR. `StreamingDecoder` only holds a step and the current state. A state
+is a snapshot of immutable tensors, so a voice-clone reference prompt can be decoded once and its state
+restored at the start of every request that uses it, and concurrent streams share one step.
 
 For the CPU, SnakeBeta runs in place on its own temporaries and the transposed convs as one matrix product
 each (same values up to rounding). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay
@@ -26,54 +26,14 @@ from __future__ import annotations
 
 import importlib
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Largest number of frames run through the decoder in one pass: longer inputs (a reference prompt) are
-# decoded in pieces, which bounds the memory of the wide upsampling layers (about 0.7 MB a frame each).
-MAX_FRAMES_PER_PASS = 32
-
-
-@dataclass(frozen=True)
-class DecoderState:
-    """What a codec step needs of the past; its tensors are never changed in place, so states can be shared.
-
-    All shapes are fixed (see CodecGraph.state_shapes): the key/value caches always hold sliding_window - 1
-    entries, those before frame 0 being zeros that the attention mask leaves out. The OpenVINO step keeps
-    the same CPU torch tensors and hands them to the runtime as numpy views, without copying.
-    """
-
-    frames: int  # frames decoded so far: the RoPE position of the next frame
-    convs: tuple[torch.Tensor, ...]  # per stateful (transposed) conv: its last input samples [1, C, context]
-    keys: tuple[torch.Tensor, ...]  # per transformer layer: the last keys after RoPE [1, heads, window-1, D]
-    values: tuple[torch.Tensor, ...]
-
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The state tensors in graph order: convs, keys, values."""
-        return (*self.convs, *self.keys, *self.values)
-
-
-class CodecStep(ABC):
-    """How a backend decodes one chunk: pure, so one step serves any number of streams at once."""
-
-    num_quantizers: int
-    samples_per_frame: int
-    max_frames_per_pass: int = MAX_FRAMES_PER_PASS  # longer inputs are decoded in passes of this many
-
-    @abstractmethod
-    def initial_state(self) -> DecoderState:
-        """The state of a stream that has decoded nothing."""
-
-    @abstractmethod
-    def decode(self, codes: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """codes [1, num_quantizers, T] int64 (T <= max_frames_per_pass) after `state` -> the T *
-        samples_per_frame float32 samples at 24 kHz and the state after them; `state` is left unchanged."""
+from .seams import CodecStep, DecoderState
 
 
 class StreamingDecoder:

@@ -2,24 +2,21 @@
 
 qwen-tts nests a Hugging Face generate() for the code predictor inside every
 talker step and returns codes only when the utterance is done. Here a
-backend's steps (engine/steps.py) run the two transformer stacks one token at
-a time, and each frame is yielded as soon as its 16 codes exist, so audio can
-be decoded while the rest is still generated. The prompt comes from
-engine/prompt.py; drawing codes and the rules around them live here, once.
+backend's steps (`ModelSteps`, engine/seams.py) run the two transformer stacks
+one token at a time, and each frame is yielded as soon as its 16 codes exist,
+so audio can be decoded while the rest is still generated. The prompt comes
+from engine/prompt.py; drawing codes and the rules around them live here, once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from .seams import ModelSteps
-
-if TYPE_CHECKING:
-    from .prompt import EmbeddingTables
+from .seams import EmbeddingTables, ModelSteps
 
 # Qwen3-TTS suppresses the talker's top 1024 ids (control tokens) except EOS, and EOS in the first frames.
 CONTROL_TOKENS = 1024
@@ -84,11 +81,39 @@ def _pick(logits: torch.Tensor, do_sample: bool, top_k: int, top_p: float, tempe
     return int(torch.multinomial(probs, 1, generator=rng))
 
 
+@dataclass(eq=False)  # rows are told apart by identity
+class FrameRow:
+    """One utterance being generated: its caches, the codes drawn so far and where it stands.
+
+    Rows advance frame by frame, alone or together with other rows (continuous batching): a row's
+    codes depend only on its own prompt, options and random stream, never on the rows beside it.
+    """
+
+    prompt: TalkerPrompt
+    max_frames: int
+    rng: torch.Generator | None
+    cache: Any  # the talker's cache (the backend's type)
+    position: int  # the talker position of the next input
+    logits: torch.Tensor | None  # codebook-0 logits of the next frame, once its talker step ran
+    hidden: torch.Tensor  # [1, 1, H] the talker's hidden state that starts the next frame's predictor
+    history: list[int] = field(default_factory=list)  # codebook-0 codes so far
+    next_input: torch.Tensor | None = None  # [1, 1, H] the talker's next input, until its step runs
+    forced: torch.Tensor | None = None  # [frames, 16] teacher-forced codes
+    record: list[torch.Tensor] | None = None  # collects every logits tensor, in order
+    done: bool = False
+
+    @property
+    def frames(self) -> int:
+        return len(self.history)
+
+
 class FrameGenerator:
-    """Turns a TalkerPrompt into frames of 16 codes, one talker step + 15 predictor steps per frame.
+    """Turns TalkerPrompts into frames of 16 codes, one talker step + 15 predictor steps per frame.
 
     The backend's steps compute; drawing codes, the repetition penalty, the
     suppressed control tokens and EOS happen here, once for every backend.
+    `start` runs a prompt (its own step); `advance` takes any number of rows one
+    frame further with one batched talker step and 15 batched predictor steps.
     """
 
     def __init__(self, steps: ModelSteps, tables: EmbeddingTables) -> None:
@@ -115,47 +140,127 @@ class FrameGenerator:
             logits[self.eos] = float("-inf")
         return logits
 
-    def _predict_rest(
+    @torch.inference_mode()
+    def start(
         self,
-        hidden: torch.Tensor,
-        code0: int,
-        sampling: SamplingOptions,
-        rng,
-        cache: Any,
-        forced: list[int] | None = None,
+        prompt: TalkerPrompt,
+        max_frames: int,
+        seed: int | None = None,
+        forced: torch.Tensor | None = None,
         record: list[torch.Tensor] | None = None,
-    ) -> list[int]:
-        """Codebooks 1..15 for one frame from the talker's hidden state and codebook 0.
+    ) -> FrameRow:
+        """A new row: its cache, and the prompt run through the talker (a step of its own).
 
-        forced, if given, replaces the drawn codes (teacher forcing); record collects the logits.
+        forced [frames, 16] makes every code the given one (teacher forcing, to compare the
+        logits of two precisions on the same path); record then collects all logits, in order.
         """
-        steps = self.steps
-        first = self.tables.codec(torch.tensor([code0])).to(hidden.dtype)
-        x = torch.cat((hidden, first), dim=1)
-        start = 0
-        codes = []
-        for group in range(self.num_groups - 1):
-            logits = steps.predictor(x, start, cache, group)
-            start += x.shape[1]
-            if record is not None:
-                record.append(logits)
-            if forced is not None:
-                code = forced[group]
-            else:
-                code = _pick(
-                    logits,
-                    sampling.subtalker_do_sample,
-                    sampling.subtalker_top_k,
-                    sampling.subtalker_top_p,
-                    sampling.subtalker_temperature,
-                    rng,
-                )
-            codes.append(code)
-            if group < self.num_groups - 2:
-                x = self.tables.predictor_codec(group, torch.tensor([code])).to(hidden.dtype)
-        return codes
+        if forced is not None:
+            max_frames = min(max_frames, forced.shape[0])
+        rng = None if seed is None else torch.Generator().manual_seed(seed)
+        prompt_len = prompt.embeds.shape[1]
+        cache = self.steps.new_talker_cache(prompt_len + max_frames + 1)
+        logits, hidden = self.steps.talker(prompt.embeds, 0, cache)
+        return FrameRow(
+            prompt, max_frames, rng, cache, prompt_len, logits, hidden, forced=forced, record=record
+        )
 
     @torch.inference_mode()
+    def advance(self, rows: list[FrameRow]) -> list[torch.Tensor | None]:
+        """The next frame of each row, a LongTensor [16], or None where the row has ended (EOS or its cap).
+
+        Rows that ended are marked done and must not be advanced again.
+        """
+        stepping = [row for row in rows if row.next_input is not None]
+        if stepping:
+            logits, hidden = self.steps.talker_rows(
+                torch.cat([row.next_input for row in stepping]),
+                [row.position for row in stepping],
+                [row.cache for row in stepping],
+            )
+            for index, row in enumerate(stepping):
+                row.logits, row.hidden = logits[index], hidden[index : index + 1]
+                row.next_input = None
+                row.position += 1
+        codes0: list[int] = []
+        live: list[FrameRow] = []
+        for row in rows:
+            code0 = self._draw_code0(row)
+            if code0 is None:
+                row.done = True
+            else:
+                codes0.append(code0)
+                live.append(row)
+        rests = self._predict_rest(live, codes0) if live else []
+        frames: dict[int, torch.Tensor] = {}
+        for row, code0, rest in zip(live, codes0, rests, strict=True):
+            row.history.append(code0)
+            frames[id(row)] = torch.tensor([code0, *rest])
+            if row.frames >= row.max_frames:
+                row.done = True  # its last frame: no talker step after it
+                continue
+            x = self.tables.codec(torch.tensor([code0]))
+            for group, code in enumerate(rest):
+                x = x + self.tables.predictor_codec(group, torch.tensor([code]))
+            step = row.frames - 1
+            trailing = row.prompt.trailing_text
+            row.next_input = x + (
+                trailing[:, step : step + 1] if step < trailing.shape[1] else row.prompt.pad_embed
+            )
+        return [frames.get(id(row)) for row in rows]
+
+    def _draw_code0(self, row: FrameRow) -> int | None:
+        """Codebook 0 of the row's next frame, or None for EOS (or a row already at its cap)."""
+        if row.done or row.logits is None or row.frames >= row.max_frames:
+            return None
+        sampling = row.prompt.sampling
+        logits = self._penalized(row.logits, row.history, sampling)
+        row.logits = None
+        if row.record is not None:
+            row.record.append(logits)
+        if row.forced is not None:
+            code0 = int(row.forced[row.frames, 0])
+        else:
+            code0 = _pick(
+                logits, sampling.do_sample, sampling.top_k, sampling.top_p, sampling.temperature, row.rng
+            )
+        return None if code0 == self.eos else code0
+
+    def _predict_rest(self, rows: list[FrameRow], codes0: list[int]) -> list[list[int]]:
+        """Codebooks 1..15 of each row's frame from its talker hidden state and codebook 0, the rows
+        stepping together (they all stand at the same predictor position)."""
+        steps = self.steps
+        hidden = torch.cat([row.hidden for row in rows])
+        first = self.tables.codec(torch.tensor(codes0)).reshape(len(rows), 1, -1).to(hidden.dtype)
+        x = torch.cat((hidden, first), dim=1)
+        cache = steps.new_predictor_rows(len(rows))
+        start = 0
+        codes: list[list[int]] = [[] for _ in rows]
+        for group in range(self.num_groups - 1):
+            logits = steps.predictor_rows(x, start, cache, group)
+            start += x.shape[1]
+            drawn = []
+            for index, row in enumerate(rows):
+                if row.record is not None:
+                    row.record.append(logits[index])
+                if row.forced is not None:
+                    code = int(row.forced[row.frames, 1 + group])
+                else:
+                    sampling = row.prompt.sampling
+                    code = _pick(
+                        logits[index],
+                        sampling.subtalker_do_sample,
+                        sampling.subtalker_top_k,
+                        sampling.subtalker_top_p,
+                        sampling.subtalker_temperature,
+                        row.rng,
+                    )
+                codes[index].append(code)
+                drawn.append(code)
+            if group < self.num_groups - 2:
+                x = self.tables.predictor_codec(group, torch.tensor(drawn)).reshape(len(rows), 1, -1)
+                x = x.to(hidden.dtype)
+        return codes
+
     def frames(
         self,
         prompt: TalkerPrompt,
@@ -164,55 +269,10 @@ class FrameGenerator:
         forced: torch.Tensor | None = None,
         record: list[torch.Tensor] | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield one LongTensor [16] per frame until EOS or max_frames.
-
-        forced [frames, 16] makes every code the given one (teacher forcing, to compare the
-        logits of two precisions on the same path); record then collects all logits, in order.
-        """
-        if forced is not None:
-            max_frames = min(max_frames, forced.shape[0])
-        steps = self.steps
-        sampling = prompt.sampling
-        rng = None
-        if seed is not None:
-            rng = torch.Generator().manual_seed(seed)
-        embeds = prompt.embeds
-        trailing = prompt.trailing_text
-        pad = prompt.pad_embed
-        prompt_len = embeds.shape[1]
-        talker_cache = steps.new_talker_cache(prompt_len + max_frames + 1)
-        predictor_cache = steps.new_predictor_cache()
-        logits, hidden = steps.talker(embeds, 0, talker_cache)
-        history: list[int] = []
-        position = prompt_len
-        for step in range(max_frames):
-            logits = self._penalized(logits, history, sampling)
-            if record is not None:
-                record.append(logits)
-            if forced is not None:
-                code0 = int(forced[step, 0])
-            else:
-                code0 = _pick(
-                    logits, sampling.do_sample, sampling.top_k, sampling.top_p, sampling.temperature, rng
-                )
-            if code0 == self.eos:
+        """Yield one LongTensor [16] per frame until EOS or max_frames: one row on its own."""
+        row = self.start(prompt, max_frames, seed, forced, record)
+        while not row.done:
+            (frame,) = self.advance([row])
+            if frame is None:
                 return
-            history.append(code0)
-            rest = self._predict_rest(
-                hidden,
-                code0,
-                sampling,
-                rng,
-                predictor_cache,
-                None if forced is None else forced[step, 1:].tolist(),
-                record,
-            )
-            yield torch.tensor([code0, *rest])
-            if step == max_frames - 1:
-                return
-            x = self.tables.codec(torch.tensor([code0]))
-            for group, code in enumerate(rest):
-                x = x + self.tables.predictor_codec(group, torch.tensor([code]))
-            x = x + (trailing[:, step : step + 1] if step < trailing.shape[1] else pad)
-            logits, hidden = steps.talker(x, position, talker_cache)
-            position += 1
+            yield frame

@@ -1,9 +1,10 @@
 """What every backend's engine shares: voices, clone prompts, prompts, frame caps and the chunk schedule.
 
 A backend loads its parts (steps, embedding tables, codec step, the encoders
-that clone a voice) and hands them to `StreamingEngine`; from there on a
-sentence takes the same path whatever runs the steps: prompt (engine/prompt.py)
--> frames (engine/loop.py) -> chunks of PCM (engine/decoder.py).
+that clone a voice: the types of engine/seams.py) and hands them to
+`PipelineEngine` with its `EngineOptions`; from there on a sentence takes the
+same path whatever runs the steps: prompt (engine/prompt.py) -> frames
+(engine/loop.py) -> chunks of PCM (engine/codec.py).
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import librosa
 import numpy as np
 import torch
 
 from ..requests import EngineError
-from ..settings import Settings
 from ..voices import (
     ClonePromptCache,
     ModelVoices,
@@ -33,10 +32,11 @@ from ..voices import (
     prompt_key,
 )
 from ..voices.voice import Voice
-from .codec import CodecStep, StreamingDecoder
-from .loop import FrameGenerator, TalkerPrompt
-from .prompt import CloneReference, PromptBuilder
-from .seams import Engine, ModelSteps
+from .codec import StreamingDecoder
+from .loop import FrameGenerator, FrameRow, TalkerPrompt
+from .options import EngineOptions
+from .prompt import PromptBuilder
+from .seams import CloneReference, CodecStep, Engine, EngineStream, ModelSteps, ReferenceEncoder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,13 +52,6 @@ MAX_FRAME_CAP = 3000  # 4 minutes of speech in one sentence; the talker's positi
 CHUNK_SCHEDULE = (1, 3, 8)
 MIN_REFERENCE_SECONDS = 0.5  # shorter reference audio cannot give a speaker embedding
 REQUEST_PROMPTS_KEPT = 8  # clone prompts of recent voice-clone requests, kept for a repeat
-
-
-class ReferenceEncoder(Protocol):
-    """What turns reference audio into a cloned voice (a Base model's speaker and codec encoders)."""
-
-    def clone_reference(self, waveform: np.ndarray, rate: int, transcript: str | None) -> CloneReference:
-        """The x-vector, and with a transcript the reference codes (in-context cloning)."""
 
 
 @dataclass(frozen=True)
@@ -96,11 +89,11 @@ def to_pcm16(waveform: np.ndarray | torch.Tensor) -> bytes:
     return (clipped * 32767.0).astype("<i2").tobytes()
 
 
-class StreamingEngine(Engine):
+class PipelineEngine(Engine):
     """An engine on a backend's parts: voices, prompts, frames and streamed PCM."""
 
-    def __init__(self, model_dir: Path, settings: Settings, parts: EngineParts, started: float) -> None:
-        self._settings = settings
+    def __init__(self, model_dir: Path, options: EngineOptions, parts: EngineParts, started: float) -> None:
+        self._options = options
         self.parts = parts
         self.prompts = parts.prompts
         self.frame_generator = FrameGenerator(parts.steps, parts.prompts.tables)
@@ -117,9 +110,9 @@ class StreamingEngine(Engine):
         self._fresh_decoder = StreamingDecoder(parts.codec)
         self._clone_prompts: dict[str, ClonePrompt] = {}  # by cache key: voices with the same audio share one
         self._request_prompts: OrderedDict[str, ClonePrompt] = OrderedDict()  # HTTP voice-clone, newest last
-        self._prompt_cache = ClonePromptCache(settings.data_dir / "voice-cache")
+        self._prompt_cache = ClonePromptCache(options.data_dir / "voice-cache")
         self._fingerprint: str | None = None  # of the encoders that make clone prompts, once one is needed
-        self._catalog = self._load_voices(settings)
+        self._catalog = self._load_voices(options.voices_dir)
         self._after_clone_prompts()
         if not self._catalog.voices():
             raise EngineError(
@@ -158,7 +151,7 @@ class StreamingEngine(Engine):
         self._after_clone_prompts()
         return True
 
-    def _load_voices(self, settings: Settings) -> VoiceCatalog:
+    def _load_voices(self, voices_dir: Path | None) -> VoiceCatalog:
         prompts = self.prompts
         custom = self._kind == "custom_voice"
         capabilities = ModelVoices(
@@ -168,7 +161,7 @@ class StreamingEngine(Engine):
             dialects=dict(prompts.dialects) if custom else {},
             follows_instructions=prompts.follows_instructions,
         )
-        catalog = VoiceCatalog(capabilities, settings.voices_dir, self._clone_prompt)
+        catalog = VoiceCatalog(capabilities, voices_dir, self._clone_prompt)
         catalog.load()
         return catalog
 
@@ -251,11 +244,11 @@ class StreamingEngine(Engine):
     def frame_cap(self, text: str) -> int:
         """Most frames one sentence may produce: --max-frames, else derived from its length."""
         derived = min(MAX_FRAME_CAP, MIN_FRAME_CAP + FRAMES_PER_CHAR * len(text))
-        return min(self._settings.max_frames, derived) if self._settings.max_frames else derived
+        return min(self._options.max_frames, derived) if self._options.max_frames else derived
 
     def prompt(self, text: str, voice: Voice, language: str) -> TalkerPrompt:
         """The talker prompt for this text, voice and language, as qwen-tts builds it."""
-        overrides = {"do_sample": False, "subtalker_dosample": False} if self._settings.greedy else None
+        overrides = {"do_sample": False, "subtalker_dosample": False} if self._options.greedy else None
         clone = voice.clone_prompt.reference if isinstance(voice.clone_prompt, ClonePrompt) else None
         if voice.kind not in ("preset", "clone", "design"):
             raise EngineError(f"voice {voice.name} has unknown kind {voice.kind!r}", "bad-voice")
@@ -276,15 +269,47 @@ class StreamingEngine(Engine):
         """The frames of codes for text, each as soon as it exists."""
         return self.frame_generator.frames(self.prompt(text, voice, language), self.frame_cap(text))
 
+    def start(self, text: str, voice: Voice, language: str) -> SentenceStream:
+        """A sentence ready to advance: its prompt run through the talker, its decoder ready."""
+        row = self.frame_generator.start(self.prompt(text, voice, language), self.frame_cap(text))
+        return SentenceStream(row, self._decoder_for(voice))
+
+    def advance(self, streams: Sequence[SentenceStream]) -> list[bytes]:  # type: ignore[override]
+        """One frame for every stream in one batched pass; each stream's PCM that is due now."""
+        frames = self.frame_generator.advance([stream.row for stream in streams])
+        return [stream.take(frame) for stream, frame in zip(streams, frames, strict=True)]
+
     def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
-        decoder = self._decoder_for(voice)
-        pending: list[torch.Tensor] = []
-        schedule = iter(CHUNK_SCHEDULE)
-        wanted = next(schedule)
-        for frame in self.frames(text, voice, language):
-            pending.append(frame)
-            if len(pending) >= wanted:
-                yield to_pcm16(decoder.decode(torch.stack(pending)))
-                pending, wanted = [], next(schedule, wanted)
-        if pending:
-            yield to_pcm16(decoder.decode(torch.stack(pending)))
+        stream = self.start(text, voice, language)
+        while not stream.done:
+            (pcm,) = self.advance([stream])
+            if pcm:
+                yield pcm
+
+
+class SentenceStream(EngineStream):
+    """One sentence being synthesized: its frame row, its codec decoder and its chunk schedule.
+
+    Frames are decoded in chunks of CHUNK_SCHEDULE frames (1 first, for fast first audio).
+    """
+
+    def __init__(self, row: FrameRow, decoder: StreamingDecoder) -> None:
+        self.row = row
+        self.decoder = decoder
+        self.pending: list[torch.Tensor] = []
+        self.schedule = iter(CHUNK_SCHEDULE)
+        self.wanted = next(self.schedule)
+
+    @property
+    def done(self) -> bool:
+        return self.row.done and not self.pending
+
+    def take(self, frame: torch.Tensor | None) -> bytes:
+        """Add the frame just made (None: the row ended); the PCM of a chunk if one is due."""
+        if frame is not None:
+            self.pending.append(frame)
+        if self.pending and (len(self.pending) >= self.wanted or self.row.done):
+            pcm = to_pcm16(self.decoder.decode(torch.stack(self.pending)))
+            self.pending, self.wanted = [], next(self.schedule, self.wanted)
+            return pcm
+        return b""

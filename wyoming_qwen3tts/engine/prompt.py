@@ -2,22 +2,22 @@
 
 qwen-tts 0.1.1 builds the prompt inside Qwen3TTSForConditionalGeneration.generate, which needs the whole
 torch model in memory. A backend that does not load it (OpenVINO, issue 8) has only tables read from disk,
-so PromptBuilder assembles the same embeddings from three look-ups (`EmbeddingTables`), config.json,
-generation_config.json and the text tokenizer, in qwen-tts's order of operations: with the torch tables the
-result equals what qwen-tts hands its talker, bit for bit.
+so PromptBuilder assembles the same embeddings from three look-ups (`EmbeddingTables`, engine/seams.py),
+config.json, generation_config.json and the text tokenizer, in qwen-tts's order of operations: with the
+torch tables (`TorchEmbeddingTables`) the result equals what qwen-tts hands its talker, bit for bit.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from .loop import SamplingOptions, TalkerPrompt
+from .seams import CloneReference, EmbeddingTables
 
 KINDS = ("custom_voice", "base", "voice_design")
 CALLS = {
@@ -60,23 +60,7 @@ def instruct_text(instruct: str) -> str:
     return f"<|im_start|>user\n{instruct}<|im_end|>\n"
 
 
-class EmbeddingTables(Protocol):
-    """The talker's input look-ups; every one takes ids [n] and returns rows [1, n, H]."""
-
-    def text(self, ids: torch.Tensor) -> torch.Tensor:
-        """Text tokens through the text embedding and the talker's text projection."""
-        ...
-
-    def codec(self, ids: torch.Tensor) -> torch.Tensor:
-        """Codebook-0 codes and codec control ids (the talker's input embedding)."""
-        ...
-
-    def predictor_codec(self, group: int, ids: torch.Tensor) -> torch.Tensor:
-        """Codes of codebook group + 1 (the code predictor's input embedding number group)."""
-        ...
-
-
-class TorchEmbeddingTables:
+class TorchEmbeddingTables(EmbeddingTables):
     """EmbeddingTables on a loaded qwen-tts model (Qwen3TTSModel.model); text rows are projected on demand."""
 
     def __init__(self, model: Any) -> None:
@@ -100,7 +84,7 @@ class TorchEmbeddingTables:
         return self._predictor_embeddings[group](ids.unsqueeze(0))
 
 
-class StoredEmbeddingTables:
+class StoredEmbeddingTables(EmbeddingTables):
     """EmbeddingTables on plain row tables (e.g. memory-mapped from an export): text rows already projected.
 
     A row projected alone may differ from qwen-tts's batched projection in the last bits (about 1e-7).
@@ -131,20 +115,6 @@ class StoredEmbeddingTables:
 
     def predictor_codec(self, group: int, ids: torch.Tensor) -> torch.Tensor:
         return self._predictor_codecs[group][ids].float().unsqueeze(0)
-
-
-@dataclass(frozen=True, eq=False)
-class CloneReference:
-    """A cloned voice: its x-vector, and for in-context cloning the reference codes and their transcript."""
-
-    ref_code: torch.Tensor | None  # [T, 16]; None clones from the speaker embedding alone
-    speaker_embedding: torch.Tensor  # [H]
-    ref_text: str | None = None
-
-    @classmethod
-    def from_prompt_item(cls, item: Any) -> CloneReference:
-        """From qwen-tts's VoiceClonePromptItem (as create_voice_clone_prompt returns it)."""
-        return cls(ref_code=item.ref_code, speaker_embedding=item.ref_spk_embedding, ref_text=item.ref_text)
 
 
 def load_text_tokenizer(model_dir: Path | str) -> Any:

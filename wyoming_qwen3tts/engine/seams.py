@@ -1,10 +1,12 @@
-"""The seams of the engine: what the front ends call, and what every backend implements or receives.
+"""The seams of the engine: what the front ends call, and every type a backend implements or receives.
 
 Front ends (through the service) know only `Engine`: its voices and the PCM chunks of one piece of
-text. Below it, a backend (PyTorch, IPEX, OpenVINO) supplies only `ModelSteps` (one talker step, one
-code-predictor step) and the tables and codec step of its own: everything around the steps (prompts,
-sampling, EOS rules, frame caps, the chunk schedule, voices) lives once, in engine/pipeline.py and
-engine/loop.py. Tensors crossing these seams are torch tensors on the CPU.
+text. Below it, a backend (PyTorch, IPEX, OpenVINO) implements `ModelSteps` (one talker step, one
+code-predictor step), `EmbeddingTables` (the talker's input look-ups), a `CodecStep` (codes -> PCM) and,
+for Base models, a `ReferenceEncoder` (reference audio -> `CloneReference`): everything around them
+(prompts, sampling, EOS rules, frame caps, the chunk schedule, voices) lives once, in
+engine/pipeline.py, engine/loop.py, engine/prompt.py and engine/codec.py. Tensors crossing these seams
+are torch tensors on the CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..requests import EngineError
@@ -22,6 +25,9 @@ from ..voices.voice import Voice
 SAMPLE_RATE = 24000  # every 12 Hz Qwen3-TTS codec decodes to 24 kHz
 SAMPLE_WIDTH = 2  # 16-bit PCM
 CHANNELS = 1
+# Largest number of frames run through the codec in one pass: longer inputs (a reference prompt) are
+# decoded in pieces, which bounds the memory of the wide upsampling layers (about 0.7 MB a frame each).
+MAX_FRAMES_PER_PASS = 32
 
 
 class Engine(ABC):
@@ -75,11 +81,56 @@ class Engine(ABC):
         off the event loop. Raises EngineError for a request it cannot serve.
         """
 
+    def start(self, text: str, voice: Voice, language: str) -> EngineStream:
+        """A sentence to be spoken step by step with `advance` (blocking: it runs the prompt).
+
+        Several started sentences advance together (continuous batching); by default an engine that
+        cannot batch steps each one's `synthesize` in turn.
+        """
+        return _IteratorStream(self.synthesize(text, voice, language))
+
+    def advance(self, streams: Sequence[EngineStream]) -> list[bytes]:
+        """One step of every stream; the PCM (possibly none) each has ready. A stream is finished once
+        its `done` is true; advance only streams that are not."""
+        steps = []
+        for stream in streams:
+            assert isinstance(stream, _IteratorStream), "a stream of another engine"
+            steps.append(stream.step())
+        return steps
+
     def warmup(self) -> None:
         """Run one short synthesis so the first real request is not the slow one."""
         voice = self.voices()[0]
         for _ in self.synthesize("Hello.", voice, "auto"):
             pass
+
+
+class EngineStream(ABC):
+    """One sentence an engine is speaking, advanced step by step (see Engine.start)."""
+
+    @property
+    @abstractmethod
+    def done(self) -> bool:
+        """True once all of the sentence's audio was returned."""
+
+
+class _IteratorStream(EngineStream):
+    """A sentence of an engine that cannot batch: its synthesize() iterator, one chunk a step."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def step(self) -> bytes:
+        pcm = next(self._chunks, None)
+        if pcm is None:
+            self._done = True
+            return b""
+        return pcm
 
 
 @dataclass(frozen=True)
@@ -138,3 +189,102 @@ class ModelSteps(ABC):
         group 0 predicts codebook 1. A backend projects from talker to predictor width
         itself (small_to_mtp_projection).
         """
+
+    # Several utterances at once (continuous batching). A step reads every weight for however many rows
+    # it computes, so a backend that can batch overrides these; by default the rows run one by one.
+
+    def talker_rows(
+        self, embeds: torch.Tensor, starts: list[int], caches: list[Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token for each of B utterances: embeds [B, 1, H], each at its own position with its own
+        cache. Returns logits [B, vocab] (float32) and hidden states [B, 1, H]."""
+        results = [
+            self.talker(embeds[row : row + 1], start, cache)
+            for row, (start, cache) in enumerate(zip(starts, caches, strict=True))
+        ]
+        return torch.stack([logits for logits, _ in results]), torch.cat([hidden for _, hidden in results])
+
+    def new_predictor_rows(self, rows: int) -> Any:
+        """A code-predictor cache for one frame of `rows` utterances that step together."""
+        return [self.new_predictor_cache() for _ in range(rows)]
+
+    def predictor_rows(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
+        """`predictor` for B utterances at the same position: embeds [B, n, H] -> logits [B, vocab]."""
+        return torch.stack(
+            [self.predictor(embeds[row : row + 1], start, cache[row], group) for row in range(len(cache))]
+        )
+
+
+class EmbeddingTables(ABC):
+    """The talker's input look-ups; every one takes ids [n] and returns rows [1, n, H]."""
+
+    @abstractmethod
+    def text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Text tokens through the text embedding and the talker's text projection."""
+
+    @abstractmethod
+    def codec(self, ids: torch.Tensor) -> torch.Tensor:
+        """Codebook-0 codes and codec control ids (the talker's input embedding)."""
+
+    @abstractmethod
+    def predictor_codec(self, group: int, ids: torch.Tensor) -> torch.Tensor:
+        """Codes of codebook group + 1 (the code predictor's input embedding number group)."""
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    """What a codec step needs of the past; its tensors are never changed in place, so states can be shared.
+
+    All shapes are fixed (see codec.CodecGraph.state_shapes): the key/value caches always hold
+    sliding_window - 1 entries, those before frame 0 being zeros that the attention mask leaves out. The
+    OpenVINO step keeps the same CPU torch tensors and hands them to the runtime as numpy views, without
+    copying.
+    """
+
+    frames: int  # frames decoded so far: the RoPE position of the next frame
+    convs: tuple[torch.Tensor, ...]  # per stateful (transposed) conv: its last input samples [1, C, context]
+    keys: tuple[torch.Tensor, ...]  # per transformer layer: the last keys after RoPE [1, heads, window-1, D]
+    values: tuple[torch.Tensor, ...]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The state tensors in graph order: convs, keys, values."""
+        return (*self.convs, *self.keys, *self.values)
+
+
+class CodecStep(ABC):
+    """How a backend decodes one chunk: pure, so one step serves any number of streams at once."""
+
+    num_quantizers: int
+    samples_per_frame: int
+    max_frames_per_pass: int = MAX_FRAMES_PER_PASS  # longer inputs are decoded in passes of this many
+
+    @abstractmethod
+    def initial_state(self) -> DecoderState:
+        """The state of a stream that has decoded nothing."""
+
+    @abstractmethod
+    def decode(self, codes: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """codes [1, num_quantizers, T] int64 (T <= max_frames_per_pass) after `state` -> the T *
+        samples_per_frame float32 samples at 24 kHz and the state after them; `state` is left unchanged."""
+
+
+@dataclass(frozen=True, eq=False)
+class CloneReference:
+    """A cloned voice: its x-vector, and for in-context cloning the reference codes and their transcript."""
+
+    ref_code: torch.Tensor | None  # [T, 16]; None clones from the speaker embedding alone
+    speaker_embedding: torch.Tensor  # [H]
+    ref_text: str | None = None
+
+    @classmethod
+    def from_prompt_item(cls, item: Any) -> CloneReference:
+        """From qwen-tts's VoiceClonePromptItem (as create_voice_clone_prompt returns it)."""
+        return cls(ref_code=item.ref_code, speaker_embedding=item.ref_spk_embedding, ref_text=item.ref_text)
+
+
+class ReferenceEncoder(ABC):
+    """What turns reference audio into a cloned voice (a Base model's speaker and codec encoders)."""
+
+    @abstractmethod
+    def clone_reference(self, waveform: np.ndarray, rate: int, transcript: str | None) -> CloneReference:
+        """The x-vector, and with a transcript the reference codes (in-context cloning)."""

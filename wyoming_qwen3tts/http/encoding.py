@@ -1,16 +1,18 @@
-"""Streaming audio encoding for the HTTP API, through PyAV (FFmpeg's maintained codecs and muxers).
+"""The HTTP API's audio as it streams: PCM encoded by PyAV (FFmpeg's codecs and muxers), and OpenAI's SSE.
 
-An AudioEncoder takes the engine's 16-bit mono PCM as it arrives and hands
-back the encoded bytes that are ready, so a response streams while the rest
-is still being synthesized: every container is written for a pipe (no seek
-back to patch headers) and flushed packet by packet. `speed` is applied with
-FFmpeg's atempo filter, which changes tempo without changing pitch.
+AudioEncoder hands back the encoded bytes ready so far: every container is written for a pipe (no seek back
+to patch headers) and flushed packet by packet; `speed` is FFmpeg's atempo (tempo without pitch).
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
@@ -169,3 +171,18 @@ def _frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
     frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
     frame.sample_rate = sample_rate
     return frame
+
+
+async def sse_events(audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[str, None]:
+    """OpenAI's speech SSE: speech.audio.delta events with base64 audio, then speech.audio.done."""
+    async with aclosing(audio):  # type: ignore[type-var]
+        async for data in audio:
+            if data:
+                yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    yield _event(
+        {"type": "speech.audio.done", "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}
+    )
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,9 +1,8 @@
-"""Run the speech API with uvicorn inside the Wyoming server's own event loop.
+"""The speech API served by uvicorn inside the Wyoming server's own event loop, on --http-uri.
 
-One loop means one inference queue: HTTP and Wyoming requests interleave step
-by step on it, and neither protocol's describe or health check waits for the
-other's synthesis. The socket is bound here, before uvicorn starts, so a
-taken port is one clear start-up error instead of uvicorn's exit.
+One loop means one worker thread: HTTP and Wyoming requests interleave step by step on it, and neither
+protocol's describe or health check waits for the other's synthesis. The socket is bound here, before
+uvicorn starts, so a taken port is one clear start-up error instead of uvicorn's exit.
 """
 
 from __future__ import annotations
@@ -16,14 +15,22 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from ..settings import http_address
+from ..settings import HttpOptions, SettingsError, http_address
 from .app import ApiState, create_app
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class HttpStartError(Exception):
+class HttpStartError(SettingsError):
     """The HTTP API cannot start; the message names the fix."""
+
+
+async def start_http(options: HttpOptions, model_name: str, backend: str, grace: float) -> HttpServer:
+    """The speech API on --http-uri, answering 503 until `state.ready()` is given the speech service."""
+    state = ApiState(model_name, backend, api_key=options.api_key, max_requests=options.max_requests)
+    server = HttpServer(options.uri or "", state, grace=grace)
+    await server.start()
+    return server
 
 
 class _Server(uvicorn.Server):

@@ -1,2 +1,2 @@
-"""The Wyoming front end: the TCP server, one handler per connection, info, the wire format, zeroconf
-and the health check."""
+"""The Wyoming front end: server (connections, limits, drain), connection, handler (events <-> speech
+service), info, audio framing, the wire format, zeroconf discovery and the health check."""

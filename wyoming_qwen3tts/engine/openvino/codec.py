@@ -1,4 +1,4 @@
-"""The 12 Hz codec decoder in OpenVINO: the streaming chunk step of engine/decoder.py, exported as IR.
+"""The 12 Hz codec decoder in OpenVINO: the streaming chunk step of engine/codec.py, exported as IR.
 
 `export_codec` converts `CodecGraph` (the same pure `(codes, frames, state) -> (samples, state)` function
 TorchCodec runs) straight from torch, so the two backends share one definition of the streaming math.
@@ -34,7 +34,8 @@ import numpy as np
 import openvino as ov
 import torch
 
-from ..codec import CodecGraph, CodecStep, DecoderState
+from ..codec import CodecGraph
+from ..seams import CodecStep, DecoderState
 
 CODEC = "codec.xml"
 WEIGHTS = ("fp32", "fp16", "int8", "int4")

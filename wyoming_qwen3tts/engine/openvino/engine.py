@@ -1,10 +1,11 @@
 """The OpenVINO backend's engine: finds or makes an export, checks it against the model, compiles it.
 
-Without --ov-model-dir the export lives in <data-dir>/openvino/<model>-<weights>
-and is made on first start (minutes, with progress in the log); later starts
-reuse it. An explicit --ov-model-dir must already hold one: the message names
-the command that makes it. With --ov-cache-dir OpenVINO keeps compiled models,
-so later starts skip compilation.
+It receives the EngineOptions every backend does and its own OpenVINOOptions
+(options.py). Without --ov-model-dir the export lives in
+<data-dir>/openvino/<model>-<weights> and is made on first start (minutes, with
+progress in the log); later starts reuse it. An explicit --ov-model-dir must
+already hold one: the message names the command that makes it. With
+--ov-cache-dir OpenVINO keeps compiled models, so later starts skip compilation.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ import torch
 
 from ...cpu import default_threads
 from ...requests import EngineError
-from ...settings import Settings
 from ..checkpoint_pages import release_checkpoint_pages
 from ..model_files import ModelError, local_dir_for, looks_like_path, resolve_model_dir
-from ..pipeline import EngineParts, StreamingEngine
-from ..prompt import CloneReference, PromptBuilder
-from ..seams import CodeLayout
+from ..options import EngineOptions
+from ..pipeline import EngineParts, PipelineEngine
+from ..prompt import PromptBuilder
+from ..seams import CloneReference, CodeLayout, ReferenceEncoder
 from .export import ExportError, export_command, export_model, read_manifest, source_fingerprint
+from .options import OpenVINOOptions
 from .runtime import OpenVINOSteps, compile_config, exported_tables, inference_precision
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class ExportedReferenceEncoder:
+class ExportedReferenceEncoder(ReferenceEncoder):
     """Clones a voice with the exported speaker and codec encoders (compiled on first use)."""
 
     def __init__(self, export_dir: Path, core, config: dict, device: str) -> None:
@@ -44,49 +46,52 @@ class ExportedReferenceEncoder:
         return CloneReference(codes, self._encoders.speaker_embedding(waveform, rate), transcript)
 
 
-def default_export_dir(settings: Settings) -> Path:
+def default_export_dir(options: EngineOptions, ov_options: OpenVINOOptions) -> Path:
     """Where an export made on first start lives: one per model and weight format."""
-    name = Path(settings.model.rstrip("/")).name
-    return settings.data_dir / "openvino" / f"{name}-{settings.ov_weights}"
+    name = Path(options.model.rstrip("/")).name
+    return options.data_dir / "openvino" / f"{name}-{ov_options.weights}"
 
 
-def _model_dir_if_present(settings: Settings) -> Path | None:
+def _model_dir_if_present(options: EngineOptions) -> Path | None:
     """The local model directory, or None where only an export of it is here."""
     if (
-        looks_like_path(settings.model)
-        or (local_dir_for(settings.model, settings.data_dir) / "config.json").is_file()
+        looks_like_path(options.model)
+        or (local_dir_for(options.model, options.data_dir) / "config.json").is_file()
     ):
-        return resolve_model_dir(settings.model, settings.data_dir)
+        return resolve_model_dir(options.model, options.data_dir)
     return None
 
 
-def find_export(settings: Settings, model_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """The export directory to serve and its manifest, made first where the settings allow; checked
+def find_export(
+    options: EngineOptions, ov_options: OpenVINOOptions, model_dir: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The export directory to serve and its manifest, made first where the options allow; checked
     against the model."""
-    explicit = settings.ov_model_dir is not None
-    export_dir = settings.ov_model_dir if explicit else default_export_dir(settings)
+    explicit = ov_options.model_dir is not None
+    export_dir = ov_options.model_dir if explicit else default_export_dir(options, ov_options)
     assert export_dir is not None
+    model = options.model
     if model_dir is None:
-        model_dir = _model_dir_if_present(settings)
+        model_dir = _model_dir_if_present(options)
     if not (export_dir / "manifest.json").is_file():
         if explicit:
             raise EngineError(
                 f"--ov-model-dir {export_dir} holds no OpenVINO export; make one with: "
-                f"{export_command(settings.model, export_dir)} (or drop --ov-model-dir to export into "
-                f"{settings.data_dir} on first start)",
+                f"{export_command(model, export_dir)} (or drop --ov-model-dir to export into "
+                f"{options.data_dir} on first start)",
                 "no-export",
             )
         if model_dir is None:
-            model_dir = resolve_model_dir(settings.model, settings.data_dir)  # downloads, or says how
+            model_dir = resolve_model_dir(model, options.data_dir)  # downloads, or says how
         _LOGGER.info(
             "No OpenVINO export of %s yet: exporting to %s (once; this takes minutes)", model_dir, export_dir
         )
-        export_model(model_dir, export_dir, settings.ov_weights, progress=_LOGGER.info)
+        export_model(model_dir, export_dir, ov_options.weights, progress=_LOGGER.info)
     try:
         manifest = read_manifest(export_dir)
     except ExportError as err:
         raise EngineError(
-            f"{err}; make it again with: {export_command(settings.model, export_dir)}", "no-export"
+            f"{err}; make it again with: {export_command(model, export_dir)}", "no-export"
         ) from None
     source = manifest["source"]
     if model_dir is not None:
@@ -97,38 +102,38 @@ def find_export(settings: Settings, model_dir: Path | None = None) -> tuple[Path
                 f"{export_command(str(model_dir), export_dir)}",
                 "export-mismatch",
             )
-    elif Path(source["path"]).name != Path(settings.model.rstrip("/")).name:
+    elif Path(source["path"]).name != Path(model.rstrip("/")).name:
         raise EngineError(
-            f"the OpenVINO export in {export_dir} was made from {source['path']}, not {settings.model}; "
+            f"the OpenVINO export in {export_dir} was made from {source['path']}, not {model}; "
             f"pass the --model it was made from, or make it again with: "
-            f"{export_command(settings.model, export_dir)}",
+            f"{export_command(model, export_dir)}",
             "export-mismatch",
         )
     return export_dir, manifest
 
 
-class OpenVINOEngine(StreamingEngine):
+class OpenVINOEngine(PipelineEngine):
     """Qwen3-TTS on OpenVINO: exported steps, the same loop, voices and streaming as every backend."""
 
-    def __init__(self, settings: Settings, model_dir: Path | None = None) -> None:
+    def __init__(
+        self, options: EngineOptions, ov_options: OpenVINOOptions, model_dir: Path | None = None
+    ) -> None:
         import openvino as ov
 
         try:
-            export_dir, manifest = find_export(settings, model_dir)
+            export_dir, manifest = find_export(options, ov_options, model_dir)
         except (ExportError, ModelError) as err:
             raise EngineError(str(err), "no-export") from None
         started = time.monotonic()
-        if settings.compile:
-            _LOGGER.warning("--compile skipped: it applies to --backend pytorch; OpenVINO compiles its own")
-        threads = settings.threads or default_threads()
+        threads = options.threads or default_threads()
         # torch only draws codes and looks up embeddings here: one thread, so that no OpenMP team spins
         # on the cores OpenVINO's threads need (measured: it made every OpenVINO step 3-4x slower).
         torch.set_num_threads(1)
         core = ov.Core()
-        if settings.ov_cache_dir is not None:
-            core.set_property({"CACHE_DIR": str(settings.ov_cache_dir)})
-        device = settings.ov_device
-        asked = inference_precision(settings.dtype)
+        if ov_options.cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(ov_options.cache_dir)})
+        device = ov_options.device
+        asked = inference_precision(ov_options.dtype)
         config = compile_config(device, threads, asked)
         prompts = PromptBuilder.from_model_dir(exported_tables(export_dir), export_dir)
         layout = CodeLayout.from_config(prompts.model_config["talker_config"], int(manifest["max_positions"]))
@@ -145,7 +150,7 @@ class OpenVINOEngine(StreamingEngine):
         if steps.precision != asked:
             _LOGGER.warning(
                 "--dtype %s asked OpenVINO for %s; this %s computes in %s",
-                settings.dtype,
+                ov_options.dtype,
                 asked,
                 device,
                 steps.precision,
@@ -162,7 +167,7 @@ class OpenVINOEngine(StreamingEngine):
             f"inference precision {steps.precision}; {threads} threads",
         )
         self.export_dir = export_dir
-        super().__init__(export_dir, settings, parts, started)
+        super().__init__(export_dir, options, parts, started)
         self._prime(steps, codec)
 
     def _prime(self, steps: OpenVINOSteps, codec: Any) -> None:

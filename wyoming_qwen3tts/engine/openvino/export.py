@@ -5,7 +5,8 @@
 What it writes, and why each piece has the shape it has:
 - talker.xml: one talker step (embeds -> codec-head logits + hidden state) with
   its KV cache as OpenVINO state; converted directly from a lean torch step
-  (step_graphs.py), not through ONNX, which measured 1.5-2x slower per step.
+  (step_graphs.py), not through ONNX, which measured slower per step
+  (docs/backends.md).
 - predictor.xml + predictor_head_NN.xml: one code-predictor step (stateful)
   and its 15 heads, one graph each, so a step reads only the head it needs.
 - codec.xml: the codec decoder as a streaming chunk step with explicit state.

@@ -5,14 +5,10 @@ layer; inductor fuses them, and freezing turns the weights into constants it
 can prepack for its matrix kernels. Only the one-token step is compiled: a
 prompt runs once per sentence, and its token count would cost a compile of its own.
 
-Measured (script/benchmark, real 0.6B dimensions, 2 threads, AVX2 without VNNI or native bf16):
-float32 talker step 150 -> 134 ms, predictor 397 -> 375 ms a frame, real-time factor 7.39 -> 7.03,
-for 3.2 minutes of compiling at every start (freezing bakes the weights into the compiled graph,
-which inductor's cache does not keep: a second start saved little) and 1.2 GB more peak RSS.
-A probe of bfloat16 steps (emulated on that CPU) gained nothing; on an AVX-512 CPU with native
-bf16, issue 11 measured a bf16 talker step 70 -> 53 ms. The int8 kernels gain nothing: FBGEMM's
-packed weights break the graph at every layer (38 -> 53 ms a talker step) and weight-only int8
-compiled no faster. So only float weights are compiled, and only when asked.
+It was measured a few per cent faster in float32, for minutes of compiling at every start (freezing
+bakes the weights into the compiled graph, which inductor's cache does not keep) and more peak memory;
+int8 weights gain nothing (FBGEMM's packed weights break the graph at every layer). So only float
+weights are compiled, and only when asked: the figures are in docs/configuration.md, "Compiled steps".
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The PyTorch CPU backend: Qwen3-TTS on the qwen-tts model classes.
 
-Loads a 12 Hz checkpoint from a local directory, builds the voice catalog for
-its kind (preset speakers, clones, designs) and turns one sentence at a time
-into 16-bit PCM.
+Loads a 12 Hz checkpoint from a local directory in the formats its
+`TorchOptions` choose (precision.py), hands its parts to the shared pipeline
+(engine/pipeline.py), which builds the voice catalog for its kind (preset
+speakers, clones, designs) and turns one sentence at a time into 16-bit PCM.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import torch
 
 from ...cpu import default_threads
 from ...requests import EngineError
-from ...settings import Settings
 from ...voices import model_fingerprint
 from ..checkpoint_pages import CheckpointPages, release_checkpoint_pages
 from ..codec import TorchCodec
-from ..pipeline import EngineParts, StreamingEngine, to_pcm16
-from ..prompt import CloneReference, PromptBuilder, TorchEmbeddingTables
+from ..options import EngineOptions
+from ..pipeline import EngineParts, PipelineEngine, to_pcm16
+from ..prompt import PromptBuilder, TorchEmbeddingTables
 from ..qwen_import import import_qwen_tts
+from ..seams import CloneReference, ReferenceEncoder
 from .compiled_steps import compile_if_useful
+from .options import TorchOptions
 from .precision import Precision, choose_precision
 from .quantize import KERNELS
 from .steps import LinearFactory, TorchSteps, keep_float
@@ -34,12 +37,12 @@ __all__ = ["PyTorchEngine", "apply_precision", "configure_threads", "to_pcm16"]
 _LOGGER = logging.getLogger(__name__)
 
 
-def configure_threads(settings: Settings) -> int:
-    """Set torch's thread pools from the settings; return the intra-op thread count."""
-    threads = settings.threads or default_threads()
+def configure_threads(options: EngineOptions) -> int:
+    """Set torch's thread pools from the options; return the intra-op thread count."""
+    threads = options.threads or default_threads()
     torch.set_num_threads(threads)
     try:
-        torch.set_num_interop_threads(max(1, settings.interop_threads))
+        torch.set_num_interop_threads(max(1, options.interop_threads))
     except RuntimeError:  # only settable before the first parallel op; keep what is there
         _LOGGER.debug("Inter-op threads already fixed at %s", torch.get_num_interop_threads())
     return threads
@@ -54,11 +57,11 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype, keep: tuple[torch.nn.Modu
 
 
 def apply_precision(model: Any, precision: Precision, kernel: LinearFactory | None = None) -> TorchSteps:
-    """Give each part of a loaded model the formats precision names (see engine/precision.py).
+    """Give each part of a loaded model the formats precision names (see precision.py).
 
     Returns the steps, which take over (and, for int8, quantize) the talker's
     and code predictor's projections; kernel, if given, makes each of them
-    (another backend's layers) instead of engine/quantize.py's.
+    (another backend's layers) instead of quantize.py's.
     """
     talker = model.talker
     # The text embedding (151936 x 2048) and its projection only build prompts: they keep the load dtype.
@@ -85,7 +88,7 @@ def apply_precision(model: Any, precision: Precision, kernel: LinearFactory | No
     return TorchSteps(model, make_linear)
 
 
-class TorchReferenceEncoder:
+class TorchReferenceEncoder(ReferenceEncoder):
     """Clones a voice with qwen-tts's own create_voice_clone_prompt (speaker and codec encoders)."""
 
     def __init__(self, tts: Any) -> None:
@@ -98,15 +101,15 @@ class TorchReferenceEncoder:
         return CloneReference(item.ref_code, item.ref_spk_embedding, item.ref_text)
 
 
-class PyTorchEngine(StreamingEngine):
+class PyTorchEngine(PipelineEngine):
     """Qwen3-TTS on plain PyTorch, on the qwen-tts model classes.
 
-    Another backend on the same model classes (engine/ipex.py) overrides
+    Another backend on the same model classes (ipex.py) overrides
     _choose_precision and _steps, where the kernels are chosen.
     """
 
-    def _choose_precision(self, settings: Settings) -> Precision:
-        return choose_precision(settings)
+    def _choose_precision(self, options: TorchOptions) -> Precision:
+        return choose_precision(options)
 
     def _steps(self, model: Any) -> TorchSteps:
         return apply_precision(model, self.precision)
@@ -115,21 +118,23 @@ class PyTorchEngine(StreamingEngine):
         """--compile: what it did, for the load log line."""
         return compile_if_useful(steps, self.precision.int8_kernel)
 
-    def __init__(self, model_dir: Path, settings: Settings) -> None:
+    def __init__(self, model_dir: Path, options: EngineOptions, torch_options: TorchOptions) -> None:
         qwen_tts = import_qwen_tts()
-        threads = configure_threads(settings)
+        threads = configure_threads(options)
         try:
-            self.precision = self._choose_precision(settings)
+            self.precision = self._choose_precision(torch_options)
         except ValueError as err:
             raise EngineError(str(err), "bad-settings") from None
         started = time.monotonic()
         tts = qwen_tts.Qwen3TTSModel.from_pretrained(
-            str(model_dir), dtype=getattr(torch, self.precision.load_dtype), attn_implementation=settings.attn
+            str(model_dir),
+            dtype=getattr(torch, self.precision.load_dtype),
+            attn_implementation=torch_options.attn,
         )
         model = tts.model.eval()
         steps = self._steps(model)
         description = f"{self.precision.describe()}; {threads} threads"
-        if settings.compile:
+        if torch_options.compile:
             description += f"; {self._compile(steps)}"
         base = model.tts_model_type == "base"
         encoders = [
@@ -144,7 +149,7 @@ class PyTorchEngine(StreamingEngine):
             clone_fingerprint=lambda: model_fingerprint(encoders),
             description=description,
         )
-        super().__init__(model_dir, settings, parts, started)
+        super().__init__(model_dir, options, parts, started)
 
     def _after_clone_prompts(self) -> None:
         release_checkpoint_pages()  # what the encoders read to build and fingerprint clone prompts

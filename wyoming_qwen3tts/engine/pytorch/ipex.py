@@ -1,16 +1,17 @@
 """The IPEX backend: the PyTorch engine with Intel Extension for PyTorch's kernels in its seams.
 
 IPEX is end-of-life: 2.8.0 is its last release and runs only on torch 2.8.x, so it lives in an
-environment of its own (`script/setup --ipex` builds .venv-ipex). The engine is PyTorchEngine; only
-the kernels differ (measurements in the README, "The IPEX backend"):
+environment of its own (`script/setup --ipex` builds .venv-ipex; options.py's ipex_problem says whether
+this one is it). The engine is PyTorchEngine with the same TorchOptions; only the kernels differ
+(measurements in docs/backends.md, "The IPEX backend"):
 
 - talker and code predictor projections: `ipex.optimize`'s prepacked linears, float32, or
   bfloat16 where the CPU has what IPEX's bf16 prepack needs (AVX-512 BW/VL/DQ or AVX-NE-CONVERT);
 - --quantize int8: IPEX weight-only int8 (`get_weight_only_quant_qconfig_mapping` + prepare/convert,
-  its API for modules it does not know). On one-token steps it measured tens of times slower than
-  torch's own int8, so "auto" never picks it;
+  its API for modules it does not know). On one-token steps it measured far slower than torch's own
+  int8, so "auto" never picks it;
 - the codec decoder stays plain torch: `ipex.optimize` on its convs (a Conv1d path IPEX deprecates)
-  measured a third slower than torch's own on an AVX2 CPU (76 vs 57 ms a frame).
+  measured slower than torch's own on an AVX2 CPU.
 
 Never IPEX's traced and frozen path: its fused linear+add writes into its input, so a step's second
 call computes on a corrupted tensor. Everything here stays eager.
@@ -28,8 +29,9 @@ from torch import nn
 
 from ...cpu import cpu_flags, has_native_bf16
 from ...requests import EngineError
-from ...settings import IPEX_TORCH, Settings, ipex_problem
+from ..options import EngineOptions
 from .engine import PyTorchEngine, apply_precision
+from .options import IPEX_TORCH, TorchOptions, ipex_problem
 from .precision import Precision
 from .steps import LinearFactory, TorchSteps
 
@@ -76,10 +78,10 @@ class IpexPrecision(Precision):
         )
 
 
-def choose_ipex_precision(settings: Settings, flags: frozenset[str] | None = None) -> IpexPrecision:
+def choose_ipex_precision(options: TorchOptions, flags: frozenset[str] | None = None) -> IpexPrecision:
     """--dtype and --quantize for IPEX: float32 or bfloat16 linears; int8 only when asked for."""
     flags = cpu_flags() if flags is None else flags
-    dtype = settings.resolved_dtype(has_native_bf16(flags))
+    dtype = options.resolved_dtype(has_native_bf16(flags))
     if dtype == "float16":
         raise ValueError("--backend ipex runs float32 or bfloat16, not float16")
     if dtype == "bfloat16" and not ipex_bf16_prepack(flags):
@@ -87,7 +89,7 @@ def choose_ipex_precision(settings: Settings, flags: frozenset[str] | None = Non
             "--backend ipex: IPEX's bfloat16 linears need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, "
             "which this CPU lacks; use --dtype float32"
         )
-    if settings.quantize == "int8":
+    if options.quantize == "int8":
         # Loaded in bfloat16 to halve the peak of loading, as the pytorch backend's int8 does.
         return IpexPrecision("bfloat16", "float32", dtype, WOQ_INT8)
     return IpexPrecision(dtype, dtype, dtype, None)
@@ -129,12 +131,12 @@ def weight_only_int8_linears(ipex: Any) -> LinearFactory:
 class IpexEngine(PyTorchEngine):
     """Qwen3-TTS on the qwen-tts model classes; IPEX's kernels for the talker's and predictor's linears."""
 
-    def __init__(self, model_dir: Path, settings: Settings) -> None:
+    def __init__(self, model_dir: Path, options: EngineOptions, torch_options: TorchOptions) -> None:
         self._ipex = import_ipex()
-        super().__init__(model_dir, settings)
+        super().__init__(model_dir, options, torch_options)
 
-    def _choose_precision(self, settings: Settings) -> Precision:
-        return choose_ipex_precision(settings)
+    def _choose_precision(self, options: TorchOptions) -> Precision:
+        return choose_ipex_precision(options)
 
     def _steps(self, model: Any) -> TorchSteps:
         if self.precision.int8_kernel == WOQ_INT8:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...cpu import has_native_bf16
-from ...settings import Settings
+from .options import TorchOptions
 from .quantize import available_kernels
 
 
@@ -30,13 +30,13 @@ class Precision:
 
 
 def choose_precision(
-    settings: Settings, native_bf16: bool | None = None, kernels: list[str] | None = None
+    options: TorchOptions, native_bf16: bool | None = None, kernels: list[str] | None = None
 ) -> Precision:
     """Resolve --dtype and --quantize (each possibly "auto") against this CPU."""
     native = has_native_bf16() if native_bf16 is None else native_bf16
     kernels = available_kernels() if kernels is None else kernels
-    dtype = settings.resolved_dtype(native)
-    if settings.quantize == "none" or (settings.quantize == "auto" and not kernels):
+    dtype = options.resolved_dtype(native)
+    if options.quantize == "none" or (options.quantize == "auto" and not kernels):
         return Precision(load_dtype=dtype, compute_dtype=dtype, codec_dtype=dtype, int8_kernel=None)
     if not kernels:
         raise ValueError("--quantize int8: this torch build has no int8 kernel; use --quantize none")

@@ -9,6 +9,12 @@ quarter of float32's. Two kernels, chosen by what this torch build has:
   x86 CPUs with AVX2/VNNI. We use the kernels directly, not the deprecated
   torch.ao.quantization eager-mode API; should a torch release drop these ops,
   `available_kernels()` no longer lists "dynamic" and "weight-only" is used.
+  FBGEMM quantizes a whole input with one scale; so that each row of a batch
+  (one utterance each) is quantized with its own scale, as it would be alone,
+  every row is divided by its largest magnitude and given two extra inputs,
+  +1 and -1, which meet two zero columns of the weight: every row then spans
+  exactly [-1, 1], the batch-wide scale is each row's own, and the output row
+  is multiplied back. A row's result is bit for bit the same in any batch.
 - "weight-only": int8 weights dequantized inside `torch._weight_int8pack_mm`
   (an aten op), activations kept in their float dtype.
 """
@@ -57,27 +63,34 @@ def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 class DynamicInt8Linear(nn.Module):
-    """nn.Linear with int8 weights; activations are quantized per call (FBGEMM)."""
+    """nn.Linear with int8 weights; activations are quantized per call and per row (FBGEMM)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        qweight, scale = _per_channel_int8(linear.weight)
+        weight = linear.weight.detach()
+        # Two zero columns for the +1/-1 inputs that pin every row's range (see the module docstring).
+        qweight, scale = _per_channel_int8(torch.cat((weight, weight.new_zeros(weight.shape[0], 2)), dim=1))
         with warnings.catch_warnings():
             # Deprecated with the quantized dtypes; available_kernels() falls back when they go.
             warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
             quantized = torch._make_per_channel_quantized_tensor(
                 qweight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
             )
-        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
         if torch.backends.quantized.engine != "fbgemm":
             torch.backends.quantized.engine = "fbgemm"
-        self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+        self._packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self._ends = torch.tensor([1.0, -1.0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
-        out = torch.ops.quantized.linear_dynamic(flat, self._packed, True)
+        peak = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
+        pinned = torch.cat((flat / peak, self._ends.expand(flat.shape[0], 2)), dim=1)
+        out = torch.ops.quantized.linear_dynamic(pinned, self._packed, True).mul_(peak)
+        if self.bias is not None:
+            out = out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 

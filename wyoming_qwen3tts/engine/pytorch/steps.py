@@ -2,8 +2,8 @@
 
 Both transformer stacks (the talker and the code predictor) run on the
 qwen-tts modules' own weights, fused (q/k/v, gate/up) and optionally turned
-into int8 layers by a LinearFactory (engine/quantize.py). `TorchSteps` puts
-them behind the step interface of engine/steps.py.
+into int8 layers by a LinearFactory (quantize.py). `TorchSteps` puts them
+behind the step interface, `ModelSteps` of engine/seams.py.
 """
 
 from __future__ import annotations
@@ -138,24 +138,27 @@ class DecoderStack:
         # x * cos + roll(x, half) * signed_sin: the sign moves into the table, 3 ops instead of 7.
         half = self.head_dim // 2
         self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
-        # The step generation repeats; engine/compiled_steps.py may put a compiled one here.
+        # The step generation repeats; compiled_steps.py may put a compiled one here.
         self.one_token: OneTokenStep = self.eager_one_token
 
-    def new_cache(self, max_len: int) -> KVCache:
-        """An uninitialised cache for max_len positions; each utterance owns one."""
+    def new_cache(self, max_len: int, rows: int = 1) -> KVCache:
+        """An uninitialised cache for max_len positions of `rows` sequences that step together."""
         if max_len > self.cos.shape[0]:
             raise ValueError(f"{max_len} positions exceed the rotary table of {self.cos.shape[0]}")
-        shape = (1, self.kv_heads, max_len, self.head_dim)
+        shape = (rows, self.kv_heads, max_len, self.head_dim)
         return KVCache(
             [torch.empty(shape, dtype=self.dtype) for _ in self.layers],
             [torch.empty(shape, dtype=self.dtype) for _ in self.layers],
         )
 
     def forward(self, x: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
-        """Run x [1, n, H] at positions start..start+n-1; return the normed hidden states."""
+        """Run x [B, n, H] at positions start..start+n-1 (B rows of one cache); return the normed hidden
+        states."""
         n = x.shape[1]
         if n == 1:
-            return self.one_token(x, start, cache.keys, cache.values)
+            if x.shape[0] == 1:
+                return self.one_token(x, start, cache.keys, cache.values)
+            return self._layers(x, start, cache.keys, cache.values, causal=False)
         if start != 0:
             raise ValueError("multi-token steps only at the start of a sequence")
         return self._layers(x, start, cache.keys, cache.values, causal=True)
@@ -166,6 +169,47 @@ class DecoderStack:
         """One token at position start, op by op (what --compile compiles; prompts stay uncompiled)."""
         return self._layers(x, start, keys, values, causal=False)
 
+    def rows_one_token(self, x: torch.Tensor, starts: list[int], caches: list[KVCache]) -> torch.Tensor:
+        """One token for each of B sequences [B, 1, H], each at its own position with its own cache.
+
+        The projections and MLPs, which hold the weights, run once for all rows (one read of the
+        weights); attention runs row by row on each row's cache.
+        """
+        if len(caches) == 1:
+            return self.one_token(x, starts[0], caches[0].keys, caches[0].values)
+        rows = x.shape[0]
+        positions = torch.tensor(starts)
+        cos = self.cos[positions].view(rows, 1, 1, -1)
+        signed_sin = self.signed_sin[positions].view(rows, 1, 1, -1)
+        hd = self.head_dim
+        half = hd // 2
+        for index, layer in enumerate(self.layers):
+            heads = layer.qkv(layer.input_norm(x)).view(rows, 1, -1, hd)
+            qk_heads = layer.q_heads + layer.kv_heads
+            qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
+            qk = qk.transpose(1, 2)
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), signed_sin)
+            new_values = heads[:, :, qk_heads:].transpose(1, 2)
+            outs = []
+            for row, (start, cache) in enumerate(zip(starts, caches, strict=True)):
+                keys, values = cache.keys[index], cache.values[index]
+                keys[:, :, start : start + 1] = qk[row : row + 1, layer.q_heads :]
+                values[:, :, start : start + 1] = new_values[row : row + 1]
+                outs.append(
+                    F.scaled_dot_product_attention(
+                        qk[row : row + 1, : layer.q_heads],
+                        keys[:, :, : start + 1],
+                        values[:, :, : start + 1],
+                        scale=self.scaling,
+                        enable_gqa=True,
+                    )
+                )
+            out = torch.cat(outs)
+            x = x + layer.o(out.transpose(1, 2).reshape(rows, 1, -1))
+            gate, up = layer.gate_up(layer.post_norm(x)).split(layer.intermediate, dim=-1)
+            x = x + layer.down(layer.act(gate) * up)
+        return self.norm(x)
+
     def _layers(
         self,
         x: torch.Tensor,
@@ -174,7 +218,7 @@ class DecoderStack:
         values_per_layer: list[torch.Tensor],
         causal: bool,
     ) -> torch.Tensor:
-        n = x.shape[1]
+        rows, n = x.shape[0], x.shape[1]
         end = start + n
         cos = self.cos[start:end]
         signed_sin = self.signed_sin[start:end]
@@ -182,7 +226,7 @@ class DecoderStack:
         half = hd // 2
         # Every step runs ~50 small ops per layer, 103 layer steps per frame: each op saved counts.
         for layer, keys, values in zip(self.layers, keys_per_layer, values_per_layer, strict=True):
-            heads = layer.qkv(layer.input_norm(x)).view(1, n, -1, hd)  # q heads, k heads, v heads
+            heads = layer.qkv(layer.input_norm(x)).view(rows, n, -1, hd)  # q heads, k heads, v heads
             qk_heads = layer.q_heads + layer.kv_heads
             qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
             qk = qk.transpose(1, 2)
@@ -193,7 +237,7 @@ class DecoderStack:
             out = F.scaled_dot_product_attention(
                 q, keys[:, :, :end], values[:, :, :end], is_causal=causal, scale=self.scaling, enable_gqa=True
             )
-            x = x + layer.o(out.transpose(1, 2).reshape(1, n, -1))
+            x = x + layer.o(out.transpose(1, 2).reshape(rows, n, -1))
             gate, up = layer.gate_up(layer.post_norm(x)).split(layer.intermediate, dim=-1)
             x = x + layer.down(layer.act(gate) * up)
         return self.norm(x)
@@ -269,10 +313,22 @@ class TorchSteps(ModelSteps):
         hidden = self.talker_stack.forward(embeds.to(self.dtype), start, cache)[:, -1:]
         return self.codec_head(hidden[0, -1]).float(), hidden
 
+    def talker_rows(
+        self, embeds: torch.Tensor, starts: list[int], caches: list[KVCache]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.talker_stack.rows_one_token(embeds.to(self.dtype), starts, caches)
+        return self.codec_head(hidden[:, -1]).float(), hidden
+
     def new_predictor_cache(self) -> KVCache:
         return self.predictor_stack.new_cache(self.layout.num_groups + 1)
 
+    def new_predictor_rows(self, rows: int) -> KVCache:
+        return self.predictor_stack.new_cache(self.layout.num_groups + 1, rows)
+
     def predictor(self, embeds: torch.Tensor, start: int, cache: KVCache, group: int) -> torch.Tensor:
+        return self.predictor_rows(embeds, start, cache, group)[0]
+
+    def predictor_rows(self, embeds: torch.Tensor, start: int, cache: KVCache, group: int) -> torch.Tensor:
         x = self.to_predictor(embeds.to(self.dtype))
         out = self.predictor_stack.forward(x, start, cache)
-        return self.predictor_heads[group](out[0, -1]).float()
+        return self.predictor_heads[group](out[:, -1]).float()

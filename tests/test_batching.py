@@ -1,0 +1,132 @@
+"""Continuous batching in the engine: rows of a batch compute what they compute alone.
+
+A batched talker step runs every utterance's projections and MLP in one call (one read of the
+weights) and attention row by row; the 15 predictor steps of a frame run all rows at once. On the tiny
+models of every kind: greedy float32 codes of each row equal the same sentence run alone, with rows of
+different lengths joining and leaving mid-way; teacher-forced logits agree within float32 rounding,
+for float32 and int8 weights (an int8 linear quantizes every row with its own scale, so its rows are bit
+for bit their solo results; what differs is the rounding of batched float ops around it). The max abs
+differences are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wyoming_qwen3tts.engine.options import EngineOptions
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
+from wyoming_qwen3tts.engine.pytorch.quantize import DynamicInt8Linear, available_kernels
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+TEXTS = [
+    "Turn on the kitchen light, please.",
+    "Good morning.",
+    "The front door is locked and the alarm is set for the night.",
+]
+# (kind, voice) per kind of checkpoint: a preset speaker, an in-context clone, a designed voice.
+KINDS = [("custom_voice", "ryan"), ("base", "anna"), ("voice_design", None)]
+
+
+def load(model_dir, voices_dir, tmp_path, quantize="none", max_frames=24) -> PyTorchEngine:
+    options = EngineOptions(
+        greedy=True, warmup=False, max_frames=max_frames, voices_dir=voices_dir, data_dir=tmp_path
+    )
+    return PyTorchEngine(model_dir, options, TorchOptions(dtype="float32", quantize=quantize))
+
+
+def alone(engine: PyTorchEngine, text: str, voice) -> torch.Tensor:
+    return torch.stack(list(engine.frames(text, voice, "english")))
+
+
+def batched(engine: PyTorchEngine, texts: list[str], voice, joins: list[int]) -> list[torch.Tensor]:
+    """Run the texts as rows of one batch; row i joins once `joins[i]` frames of the batch have run."""
+    generator = engine.frame_generator
+    rows: list = [None] * len(texts)
+    frames: list[list[torch.Tensor]] = [[] for _ in texts]
+    tick = 0
+    while tick == 0 or any(row is None or not row.done for row in rows):
+        for index, text in enumerate(texts):
+            if rows[index] is None and joins[index] <= tick:
+                rows[index] = generator.start(engine.prompt(text, voice, "english"), engine.frame_cap(text))
+        active = [row for row in rows if row is not None and not row.done]
+        if active:
+            for row, frame in zip(active, generator.advance(active), strict=True):
+                if frame is not None:
+                    frames[rows.index(row)].append(frame)
+        tick += 1
+        assert tick < 200
+    return [torch.stack(f) for f in frames]
+
+
+@pytest.mark.parametrize(("kind", "voice_name"), KINDS)
+def test_greedy_codes_of_each_row_equal_the_row_alone(tiny_models, voices_dir, tmp_path, kind, voice_name):
+    engine = load(tiny_models[kind], voices_dir if kind == "base" else None, tmp_path)
+    voice = next(v for v in engine.voices() if voice_name is None or v.name == voice_name)
+    expected = [alone(engine, text, voice) for text in TEXTS]
+    # Different lengths: the middle one ends early; the last joins after 5 frames, the second after 2.
+    got = batched(engine, TEXTS, voice, joins=[0, 2, 5])
+    for want, have in zip(expected, got, strict=True):
+        assert have.shape == want.shape and torch.equal(have, want)
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_teacher_forced_logits_of_a_row_match_it_alone(tiny_models, tmp_path, quantize):
+    if quantize == "int8" and "dynamic" not in available_kernels():
+        pytest.skip("this torch build has no dynamic int8 kernel")
+    engine = load(tiny_models["custom_voice"], None, tmp_path, quantize=quantize)
+    voice = engine.voices()[0]
+    generator = engine.frame_generator
+    prompts = [engine.prompt(text, voice, "english") for text in TEXTS]
+    codes = [torch.stack(list(generator.frames(prompt, 12))) for prompt in prompts]
+    solo: list[list[torch.Tensor]] = [[] for _ in prompts]
+    for prompt, forced, record in zip(prompts, codes, solo, strict=True):
+        list(generator.frames(prompt, 12, forced=forced, record=record))
+    together: list[list[torch.Tensor]] = [[] for _ in prompts]
+    rows = [
+        generator.start(p, 12, forced=c, record=r) for p, c, r in zip(prompts, codes, together, strict=True)
+    ]
+    while any(not row.done for row in rows):
+        generator.advance([row for row in rows if not row.done])
+    pairs = [(a, b) for x, y in zip(solo, together, strict=True) for a, b in zip(x, y, strict=True)]
+    assert all(torch.equal(torch.isinf(a), torch.isinf(b)) for a, b in pairs)  # the same masked ids
+    worst = max((a - b)[torch.isfinite(a)].abs().max().item() for a, b in pairs)
+    print(f"{quantize}: max abs logit difference, batched against alone: {worst:.2e}")
+    assert [len(r) for r in together] == [len(r) for r in solo]
+    assert worst < 1e-4  # float32 rounding (measured 6.7e-06 float32, 4.8e-07 int8 on the tiny model)
+
+
+def test_int8_rows_are_quantized_with_their_own_scale():
+    torch.manual_seed(0)
+    layer = DynamicInt8Linear(torch.nn.Linear(64, 48))
+    x = torch.randn(4, 64) * torch.tensor([[1e-3], [1.0], [50.0], [0.2]])  # very different magnitudes
+    together = layer(x)
+    each = torch.cat([layer(x[i : i + 1]) for i in range(4)])
+    assert torch.equal(together, each)
+    reference = torch.nn.functional.linear(x, layer_weight(layer), layer.bias)
+    relative = (together - reference).norm(dim=1) / reference.norm(dim=1)
+    assert relative.max() < 0.05  # the small row is as exact as the large one
+
+
+def layer_weight(layer: DynamicInt8Linear) -> torch.Tensor:
+    weight, _ = torch.ops.quantized.linear_unpack(layer._packed)
+    return weight.dequantize()[:, : layer.in_features]
+
+
+def test_a_row_that_ends_leaves_the_others_unchanged(tiny_models, tmp_path):
+    engine = load(tiny_models["custom_voice"], None, tmp_path, max_frames=6)
+    voice = engine.voices()[0]
+    short, long = "Hi.", TEXTS[2]
+    generator = engine.frame_generator
+    rows = [
+        generator.start(engine.prompt(short, voice, "english"), 3),
+        generator.start(engine.prompt(long, voice, "english"), 6),
+    ]
+    produced = [0, 0]
+    while not all(row.done for row in rows):
+        active = [row for row in rows if not row.done]
+        for row, frame in zip(active, generator.advance(active), strict=True):
+            produced[rows.index(row)] += frame is not None
+    assert produced == [3, 6]

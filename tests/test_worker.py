@@ -1,0 +1,140 @@
+"""The one inference worker thread: every job on it, in order, and engine generators stepped one job
+at a time (closed on the worker, computed one step ahead)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import aclosing
+
+import pytest
+
+from wyoming_qwen3tts.worker import InferenceWorker
+
+READ_TIMEOUT = 5.0
+
+
+async def test_inference_worker_runs_every_job_on_one_thread() -> None:
+    worker = InferenceWorker()
+    try:
+        names = await asyncio.gather(*(worker.run(lambda: threading.current_thread().name) for _ in range(5)))
+        assert len(set(names)) == 1
+        assert names[0] != threading.current_thread().name
+    finally:
+        await worker.aclose()
+
+
+async def test_inference_worker_closes_an_abandoned_generator_on_its_thread() -> None:
+    closed_on: list[str] = []
+
+    def numbers() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            closed_on.append(threading.current_thread().name)
+
+    worker = InferenceWorker()
+    try:
+        worker_thread = await worker.run(lambda: threading.current_thread().name)
+        async with aclosing(worker.iterate(numbers)) as items:
+            async for item in items:
+                if item == 2:
+                    break
+        await worker.run(lambda: None)  # the close was queued before this job
+        assert closed_on == [worker_thread]
+    finally:
+        await worker.aclose()
+
+
+async def test_inference_worker_refuses_work_once_closed() -> None:
+    worker = InferenceWorker()
+    await worker.aclose()
+    assert worker.closed
+    with pytest.raises(RuntimeError):
+        await worker.run(lambda: None)
+
+
+async def test_inference_worker_computes_the_next_step_while_an_item_is_sent() -> None:
+    second_step_ran = threading.Event()
+    steps_run: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for number in range(3):
+            steps_run.append(number)
+            if number == 1:
+                second_step_ran.set()
+            yield number
+
+    worker = InferenceWorker()
+    try:
+        async with aclosing(worker.iterate(numbers)) as items:
+            assert await anext(items) == 0
+            # The consumer still holds item 0 (as when it writes audio): the worker is not idle meanwhile.
+            assert await asyncio.to_thread(second_step_ran.wait, READ_TIMEOUT)
+            assert [item async for item in items] == [1, 2]
+        assert steps_run == [0, 1, 2]
+    finally:
+        await worker.aclose()
+
+
+async def test_inference_worker_drops_the_error_of_a_step_computed_for_a_consumer_that_left() -> None:
+    def failing() -> Iterator[int]:
+        yield 0
+        raise RuntimeError("step computed ahead fails")
+
+    worker = InferenceWorker()
+    try:
+        async with aclosing(worker.iterate(failing)) as items:
+            assert await anext(items) == 0
+        assert await worker.run(lambda: "still serving") == "still serving"
+    finally:
+        await worker.aclose()
+
+
+async def test_a_new_sentence_waits_for_one_step_of_another_connection_not_two() -> None:
+    log: list[str] = []
+
+    def steps(name: str, count: int, seconds: float) -> Iterator[str]:
+        for number in range(count):
+            time.sleep(seconds)
+            log.append(f"{name}{number}")
+            yield f"{name}{number}"
+
+    async def speak_all(name: str, count: int, seconds: float) -> None:
+        async with aclosing(worker.iterate(steps, name, count, seconds)) as items:
+            async for _ in items:
+                pass
+
+    worker = InferenceWorker()
+    try:
+        long_one = asyncio.ensure_future(speak_all("a", 30, 0.02))  # another connection, in full flow
+        await asyncio.sleep(0.1)
+        asked_at = len(log)
+        await speak_all("b", 1, 0.0)
+        waited_for = [entry for entry in log[asked_at : log.index("b0")] if entry.startswith("a")]
+        await long_one
+        # The step that was running when it asked, and nothing more (two before: made, then stepped).
+        assert len(waited_for) <= 1, log
+    finally:
+        await worker.aclose()
+
+
+async def test_a_cancelled_request_computes_at_most_one_step_more() -> None:
+    log: list[int] = []
+
+    def steps() -> Iterator[int]:
+        for number in range(100):
+            time.sleep(0.01)
+            log.append(number)
+            yield number
+
+    worker = InferenceWorker()
+    try:
+        async with aclosing(worker.iterate(steps)) as items:
+            assert await anext(items) == 0
+        await worker.run(lambda: None)  # everything queued before this has run
+        assert log[0] == 0 and len(log) <= 2  # at most the step computed ahead after the consumer left
+    finally:
+        await worker.aclose()

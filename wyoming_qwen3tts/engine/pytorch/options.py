@@ -1,0 +1,97 @@
+"""The pytorch and ipex backends' own options and flags, and whether IPEX can run in this environment.
+
+Import-light (no torch): settings.py reads the flags, and engine/registry.py asks `ipex_problem` before
+`--backend ipex` is accepted, from package metadata alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from ...cpu import has_native_bf16
+from ...flags import Flag, FlagGroup, boolean, choice
+from ..options import DTYPE
+
+ATTENTIONS = ("sdpa", "eager")
+QUANTIZE = ("auto", "none", "int8")
+IPEX_TORCH = "2.8."  # intel-extension-for-pytorch 2.8.0, its last release, runs on torch 2.8.x only
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """Number formats and kernels of a model loaded with torch (engine/pytorch/precision.py resolves them)."""
+
+    dtype: str = "auto"  # auto: bfloat16 where the CPU has native bf16, else float32
+    attn: str = "sdpa"  # attention implementation while loading
+    quantize: str = "auto"  # auto: int8 where this CPU has a fast int8 kernel
+    compile: bool = False  # torch.compile the float talker/predictor steps (compiled_steps.py)
+
+    def resolved_dtype(self, native_bf16: bool | None = None) -> str:
+        """The dtype to load with: "auto" is bfloat16 where this CPU has native bf16, else float32."""
+        if self.dtype != "auto":
+            return self.dtype
+        native = has_native_bf16() if native_bf16 is None else native_bf16
+        return "bfloat16" if native else "float32"
+
+
+TORCH_FLAGS = FlagGroup(
+    "torch",
+    "pytorch and ipex backends",
+    TorchOptions,
+    (
+        DTYPE,
+        Flag(
+            "attn",
+            ("QWEN3TTS_ATTN", "TTS_ATTN"),
+            "attention implementation used while loading",
+            choice(ATTENTIONS),
+            choices=ATTENTIONS,
+        ),
+        Flag(
+            "quantize",
+            ("QWEN3TTS_QUANTIZE", "TTS_QUANTIZE"),
+            "int8 weights for the talker and code predictor; auto = int8 where this CPU has a fast int8 "
+            "kernel",
+            choice(QUANTIZE),
+            choices=QUANTIZE,
+        ),
+        Flag(
+            "compile",
+            ("QWEN3TTS_COMPILE",),
+            "torch.compile the talker's and code predictor's steps when their weights are float (--quantize "
+            "none): measured ~5 %% faster in float32 on an AVX2 CPU, minutes of compiling at every start, "
+            "needs a C++ compiler",
+            boolean,
+            action=argparse.BooleanOptionalAction,
+        ),
+    ),
+)
+
+
+def ipex_problem() -> str | None:
+    """Why --backend ipex cannot run in this Python environment, or None if it can.
+
+    Read from the installed packages' metadata, importing neither: IPEX 2.8.0
+    beside another torch dies on import with an error of its own version check.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "none"
+    try:
+        version("intel-extension-for-pytorch")
+    except PackageNotFoundError:
+        return (
+            f"backend 'ipex' needs intel-extension-for-pytorch, which runs only on torch {IPEX_TORCH}x "
+            f"(this environment has torch {torch_version}): run script/setup --ipex once, "
+            "then script/run --backend ipex (or use --backend pytorch)"
+        )
+    if not torch_version.startswith(IPEX_TORCH):
+        return (
+            f"backend 'ipex' needs torch {IPEX_TORCH}x, this environment has torch {torch_version}: "
+            "run script/setup --ipex once, then script/run --backend ipex (or use --backend pytorch)"
+        )
+    return None
