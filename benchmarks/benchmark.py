@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,20 +247,31 @@ def ensure_export(model_dir: Path, weights: str) -> Path:
 def profile_engine(engine, voice, frames: int) -> dict[str, float]:
     """Where the milliseconds of one frame go: talker step, 15 predictor steps, codec decode, the rest."""
     spent: dict[str, float] = defaultdict(float)
+    inside = [0]  # a step that calls another (a backend's rows step running its one-row step) counts once
 
     def timed(name: str, function):
         def run(*args, **kwargs):
             started = time.perf_counter()
+            inside[0] += 1
             try:
                 return function(*args, **kwargs)
             finally:
-                spent[name] += time.perf_counter() - started
+                inside[0] -= 1
+                if not inside[0]:
+                    spent[name] += time.perf_counter() - started
 
         return run
 
     steps = engine.parts.steps
-    steps.talker = timed("talker step", steps.talker)
-    steps.predictor = timed("code predictor (15 steps)", steps.predictor)
+    # The prompt runs through talker(), every frame through the rows steps (one row here).
+    wrapped = {
+        "talker": "talker step",
+        "talker_rows": "talker step",
+        "predictor": "code predictor (15 steps)",
+        "predictor_rows": "code predictor (15 steps)",
+    }
+    for method, name in wrapped.items():
+        setattr(steps, method, timed(name, getattr(steps, method)))
     make_decoder = engine._decoder_for
 
     def decoder_for(voice):
@@ -273,7 +285,9 @@ def profile_engine(engine, voice, frames: int) -> dict[str, float]:
         samples = sum(len(chunk) // 2 for chunk in engine.synthesize(TEXT, voice, "english"))
         total = time.perf_counter() - started
     finally:
-        del steps.talker, steps.predictor, engine._decoder_for
+        for method in wrapped:
+            delattr(steps, method)
+        del engine._decoder_for
     count = max(1, round(samples / 1920))
     profile = {name: 1000 * seconds / count for name, seconds in spent.items()}
     profile["rest (sampling, embeddings, prompt)"] = 1000 * total / count - sum(profile.values())
@@ -335,7 +349,14 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     }
 
 
-def measure_concurrency(model_dir: Path, frames: int, threads: int, levels: list[int]) -> list[dict]:
+# The server modes --concurrency and --answer compare: continuous batching (the defaults) against one
+# sentence at a time, interleaved, with no look-ahead (what the server did before batching).
+MODES = {"batched": (), "max-batch 1": ("--max-batch", "1", "--look-ahead", "0")}
+
+
+def measure_concurrency(
+    model_dir: Path, frames: int, threads: int, levels: list[int], mode: str = "batched"
+) -> list[dict]:
     """One PyTorch server; N clients at once speak the benchmark text, for each N in levels.
 
     Per level: each client's first audio and real-time factor, the audio seconds produced per
@@ -347,7 +368,7 @@ def measure_concurrency(model_dir: Path, frames: int, threads: int, levels: list
     from wyoming.client import AsyncTcpClient
 
     port = free_port()
-    command = server_command(model_dir, port, frames, threads)
+    command = server_command(model_dir, port, frames, threads, MODES[mode])
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def resident_gb() -> float:
@@ -386,6 +407,7 @@ def measure_concurrency(model_dir: Path, frames: int, threads: int, levels: list
             audio = [samples / 24000 for _, _, samples in clients]
             results.append(
                 {
+                    "mode": mode,
                     "clients": level,
                     "first_audio_s": [round(first, 2) for first, _, _ in clients],
                     "rtf": [
@@ -404,20 +426,109 @@ def measure_concurrency(model_dir: Path, frames: int, threads: int, levels: list
 
 def concurrency_table(results: list[dict]) -> str:
     lines = [
-        "| clients | first audio s (each) | real-time factor (each) | audio s per s, all together "
-        "| peak RSS GB |",
+        "| server | clients | first audio s (each) | real-time factor (each) | audio s per s, all together "
+        "| vs 1 client | peak RSS GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for mode in dict.fromkeys(r["mode"] for r in results):
+        rows = [r for r in results if r["mode"] == mode]
+        one = next((r for r in rows if r["clients"] == 1), None)
+        for r in rows:
+            firsts, rtfs = ", ".join(map(str, r["first_audio_s"])), ", ".join(map(str, r["rtf"]))
+            gain = f"{r['audio_s_per_s'] / one['audio_s_per_s']:.2f}x" if one else "-"
+            lines.append(
+                f"| {mode} | {r['clients']} | {firsts} | {rtfs} | {r['audio_s_per_s']:.2f} | {gain} "
+                f"| {r['peak_rss_gb']:.2f} |"
+            )
+        most = max(rows, key=lambda r: r["clients"])
+        if one and most["clients"] > 1:
+            per_utterance = (most["peak_rss_gb"] - one["peak_rss_gb"]) / (most["clients"] - 1) * 1024
+            notes.append(f"{mode}: memory per further concurrent utterance {per_utterance:.0f} MB")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+ANSWER = [
+    "Sure, here is the weather for today.",
+    "It will be sunny in the morning with a light breeze from the west.",
+    "Clouds come in after lunch, and there is a chance of rain around five.",
+    "Take an umbrella if you go out this evening.",
+]
+WORDS_PER_SECOND = 20  # how fast an LLM's answer streams in, word by word, as Home Assistant forwards it
+
+
+def measure_answer(model_dir: Path, frames: int, threads: int, mode: str) -> dict:
+    """One Wyoming client sends a four-sentence answer the way Home Assistant streams an LLM's reply
+    (synthesize-start, word-sized chunks at WORDS_PER_SECOND, the compatibility synthesize, synthesize-stop)
+    and plays the audio at real time from its first chunk: first audio, stall seconds (where the player
+    ran dry) and the time to the last audio."""
+    import asyncio
+
+    from wyoming.audio import AudioChunk
+    from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+
+    port = free_port()
+    # The random model never says EOS: --max-frames gives every sentence the same length (48 frames each:
+    # 15.4 s of audio in all, as in the measurement that asked for batching).
+    command = server_command(model_dir, port, frames, threads, MODES[mode])
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    text = " ".join(ANSWER)
+
+    async def answer() -> dict:
+        await _speak_once(await _connect_when_up(port, server))  # the first request after start is not timed
+        client = await _connect_when_up(port, server)
+        started = time.perf_counter()
+        arrivals: list[tuple[float, float]] = []  # (arrival time, seconds of audio)
+
+        async def feed() -> None:
+            await client.write_event(SynthesizeStart().event())
+            for word in text.split(" "):
+                await client.write_event(SynthesizeChunk(text=word + " ").event())
+                await asyncio.sleep(1 / WORDS_PER_SECOND)
+            await client.write_event(Synthesize(text=text).event())
+            await client.write_event(SynthesizeStop().event())
+
+        feeding = asyncio.create_task(feed())
+        while True:
+            event = await client.read_event()
+            if event is None or SynthesizeStopped.is_type(event.type):
+                break
+            if AudioChunk.is_type(event.type):
+                chunk = AudioChunk.from_event(event)
+                arrivals.append((time.perf_counter() - started, len(chunk.audio) / 2 / chunk.rate))
+        await feeding
+        await client.disconnect()
+        first = arrivals[0][0]
+        stall, runs_dry = 0.0, first
+        for arrived, seconds in arrivals:
+            if arrived > runs_dry:
+                stall += arrived - runs_dry
+                runs_dry = arrived
+            runs_dry += seconds
+        return {
+            "mode": mode,
+            "first_audio_s": round(first, 2),
+            "audio_s": round(sum(seconds for _, seconds in arrivals), 2),
+            "stall_s": round(stall, 2),
+            "last_audio_s": round(arrivals[-1][0], 2),
+        }
+
+    try:
+        return asyncio.run(answer())
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def answer_table(results: list[dict]) -> str:
+    lines = [
+        "| server | first audio s | audio s | stall s (player ran dry) | last audio s |",
         "|---|---|---|---|---|",
     ]
-    for r in results:
-        firsts, rtfs = ", ".join(map(str, r["first_audio_s"])), ", ".join(map(str, r["rtf"]))
-        lines.append(
-            f"| {r['clients']} | {firsts} | {rtfs} | {r['audio_s_per_s']:.2f} | {r['peak_rss_gb']:.2f} |"
-        )
-    one = next((r for r in results if r["clients"] == 1), None)
-    most = max(results, key=lambda r: r["clients"], default=None)
-    if one and most and most["clients"] > 1:
-        per_utterance = (most["peak_rss_gb"] - one["peak_rss_gb"]) / (most["clients"] - 1) * 1024
-        lines.append(f"\nMemory per further concurrent utterance: {per_utterance:.0f} MB")
+    lines += [
+        f"| {r['mode']} | {r['first_audio_s']} | {r['audio_s']} | {r['stall_s']} | {r['last_audio_s']} |"
+        for r in results
+    ]
     return "\n".join(lines)
 
 
@@ -435,11 +546,13 @@ def process_memory_gb(pid: int, field: str = "VmRSS") -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field))) / 2**20
 
 
-def server_command(model_dir: Path, port: int, frames: int, threads: int) -> list[str]:
+def server_command(
+    model_dir: Path, port: int, frames: int, threads: int, extra: Sequence[str] = ()
+) -> list[str]:
     """`python -m wyoming_qwen3tts` on loopback, greedy, with the benchmark's frame cap and threads."""
     command = [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(model_dir)]
     command += ["--uri", f"tcp://127.0.0.1:{port}", "--threads", str(threads), "--greedy"]
-    return [*command, "--max-frames", str(frames)]
+    return [*command, "--max-frames", str(frames), *extra]
 
 
 async def _connect_when_up(port: int, server: subprocess.Popen) -> Any:
@@ -576,6 +689,12 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency",
         help="instead of the settings: one server, N clients at once for each N of this list (e.g. 1,2,4)",
     )
+    parser.add_argument(
+        "--answer",
+        action="store_true",
+        help="instead of the settings: a four-sentence answer streamed in as Home Assistant does, played at "
+        "real time: first audio, stall seconds and last audio, batched against --max-batch 1",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: measure one setting, print JSON
     args = parser.parse_args(argv)
@@ -587,11 +706,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency:
         model_dir = ensure_model(args.model)
         levels = [int(n) for n in args.concurrency.split(",") if n.strip()]
-        print(f"CPU: {cpu_name()}; {args.threads} threads; {args.frames} frames per client")
-        concurrent = measure_concurrency(model_dir, args.frames, args.threads, levels)
+        print(f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; {args.frames} frames per client")
+        concurrent = [
+            row
+            for mode in MODES
+            for row in measure_concurrency(model_dir, args.frames, args.threads, levels, mode)
+        ]
         print(concurrency_table(concurrent))
         if args.json:
             args.json.write_text(json.dumps(concurrent, indent=2))
+        return 0
+
+    if args.answer:
+        model_dir = ensure_model(args.model)
+        print(
+            f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; a {len(ANSWER)}-sentence answer, "
+            f"{args.frames} frames a sentence"
+        )
+        answers = [measure_answer(model_dir, args.frames, args.threads, mode) for mode in MODES]
+        print(answer_table(answers))
+        if args.json:
+            args.json.write_text(json.dumps(answers, indent=2))
         return 0
 
     names = [n.strip() for n in args.settings.split(",") if n.strip()]

@@ -51,12 +51,13 @@ def speech_options(settings: Settings, engine: Engine) -> SpeechOptions:
         max_text_chars=speech.max_text_chars,
         normalize=speech.normalize,
         voices_dir=settings.engine.voices_dir,
+        look_ahead=speech.look_ahead if speech.max_batch > 1 else 0,
     )
 
 
 async def serve(settings: Settings) -> None:
     """Load the engine, then serve Wyoming clients (and the HTTP API if asked) until cancelled."""
-    worker = InferenceWorker()
+    worker = InferenceWorker(max_batch=max(1, settings.speech.max_batch))
     http = None
     watching = None
     try:

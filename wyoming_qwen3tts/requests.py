@@ -65,6 +65,9 @@ class SpeechRequest:
     client: str = "-"  # who asked, for the log line ("wyoming 127.0.0.1:50312", "http ...")
 
 
+NOT_READY = object()  # TextStream.ready_part: nothing to take yet
+
+
 class TextStream:
     """A request's text as it arrives, and the parts to speak in order, each as soon as it is complete.
 
@@ -111,6 +114,13 @@ class TextStream:
     async def next_part(self) -> Part | None:
         """The next part to speak once it is ready; None at the end."""
         return await self._parts.get()
+
+    def ready_part(self) -> Part | None | object:
+        """The next part if it is ready now (None at the end), else NOT_READY."""
+        try:
+            return self._parts.get_nowait()
+        except asyncio.QueueEmpty:
+            return NOT_READY
 
 
 def check_text_format(text_format: Any) -> str:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .languages import AUTO, to_model_language
 from .requests import (
     INVALID_EVENT,
     INVALID_SSML,
+    NOT_READY,
     TEXT_TOO_LONG,
     UNKNOWN_VOICE,
     UNSUPPORTED_LANGUAGE,
@@ -52,6 +54,7 @@ class SpeechOptions:
     max_text_chars: int = 5000  # longer requests (or streams) are refused
     normalize: bool = True  # numbers, dates, money, markup ... written out before synthesis
     voices_dir: Path | None = None  # its voices.json may rename OpenAI's voice names
+    look_ahead: int = 0  # later sentences of a request started while one is spoken (needs batching)
 
 
 class SpeechService:
@@ -219,11 +222,13 @@ class SpeechService:
             return voice.languages[0]
         return self.options.default_language
 
-    async def _render(self, voice: Voice, utterance: Utterance, part: Part) -> AsyncGenerator[bytes, None]:
-        """PCM of one part as the engine makes it (not cut on whole samples)."""
+    def _begin(self, voice: Voice, utterance: Utterance, part: Part, ahead: bool = False) -> _Rendering:
+        """Start one part now (with batching, a sentence joins the batch at once); its PCM as it comes.
+
+        ahead: started before its turn (look-ahead); call the rendering's listen() when its turn comes.
+        """
         if isinstance(part, Pause):
-            yield bytes(self.sample_rate * part.milliseconds // 1000 * self.sample_bytes)
-            return
+            return _Rendering(self._silence(part))
         utterance.chars += len(part)
         sentence = part
         if self.options.normalize:
@@ -232,10 +237,25 @@ class SpeechService:
             except Exception:  # a rule that trips on odd text must not cost the sentence its audio
                 _LOGGER.warning("Could not normalise %r; speaking it as written", sentence, exc_info=True)
             if not sentence:  # only markup or emoji
-                return
+                return _Rendering(self._silence(Pause(0)))
         _LOGGER.debug("Speaking sentence with %s: %r", voice.name, sentence)
-        chunks = self.worker.iterate(self._engine.synthesize, sentence, voice, utterance.language)
-        async with aclosing(chunks):
+        if self.worker.max_batch > 1:
+            audio = self.worker.speak(self._engine, sentence, voice, utterance.language, ahead)
+            return _Rendering(self._timed(utterance, audio), audio.cancel, audio.listen)
+        return _Rendering(
+            self._timed(
+                utterance, self.worker.iterate(self._engine.synthesize, sentence, voice, utterance.language)
+            )
+        )
+
+    async def _silence(self, pause: Pause) -> AsyncGenerator[bytes, None]:
+        if pause.milliseconds:
+            yield bytes(self.sample_rate * pause.milliseconds // 1000 * self.sample_bytes)
+
+    async def _timed(self, utterance: Utterance, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """The chunks, with the time spent waiting for each counted as synthesis time."""
+        closing = chunks if isinstance(chunks, AsyncGenerator) else None
+        try:
             waiting_since = time.monotonic()
             async for pcm in chunks:
                 waited = time.monotonic() - waiting_since
@@ -249,6 +269,23 @@ class SpeechService:
                 yield pcm
                 waiting_since = time.monotonic()
             utterance.synthesis_seconds += time.monotonic() - waiting_since
+        finally:
+            if closing is not None:
+                await closing.aclose()
+
+
+class _Rendering:
+    """One part being made: its PCM as it comes, and how to stop making it (a sentence in the batch)."""
+
+    def __init__(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        cancel: Callable[[], None] = lambda: None,
+        listen: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.chunks = chunks
+        self.cancel = cancel
+        self.listen = listen  # its turn to be heard (a part started ahead)
 
 
 class Speech:
@@ -318,18 +355,52 @@ class Speech:
         return await self._audio.__anext__()
 
     async def _pcm(self) -> AsyncGenerator[bytes, None]:
+        """Whole-sample PCM of every part in order. With look-ahead, parts already complete start while
+        an earlier one is spoken (batched with it); their audio waits, in order, and is dropped with
+        their places in the batch if the request ends first."""
         service = self._service
-        while True:
-            self._working = False
-            part = await self._text.next_part()
-            self._working = True
-            if part is None:
-                return
-            async with aclosing(service._render(self.voice, self.utterance, part)) as chunks:
-                async for pcm in chunks:
-                    whole = self.utterance.whole_samples(pcm, service.sample_bytes)
-                    if whole:
-                        yield whole
+        ahead: deque[_Rendering] = deque()
+        ended = False
+
+        def look_ahead() -> None:
+            nonlocal ended
+            while not ended and len(ahead) < service.options.look_ahead:
+                part = self._text.ready_part()
+                if part is NOT_READY:
+                    return
+                if part is None:
+                    ended = True
+                    return
+                ahead.append(service._begin(self.voice, self.utterance, cast(Part, part), ahead=True))
+
+        try:
+            while True:
+                if ahead:
+                    current = ahead.popleft()
+                    current.listen()
+                else:
+                    if ended:
+                        return
+                    self._working = False
+                    part = await self._text.next_part()
+                    self._working = True
+                    if part is None:
+                        return
+                    current = service._begin(self.voice, self.utterance, part)
+                look_ahead()
+                try:
+                    async with aclosing(current.chunks) as chunks:
+                        async for pcm in chunks:
+                            whole = self.utterance.whole_samples(pcm, service.sample_bytes)
+                            if whole:
+                                yield whole
+                            look_ahead()
+                finally:
+                    current.cancel()
+        finally:
+            for rendering in ahead:
+                rendering.cancel()
+                await rendering.chunks.aclose()
 
 
 def find_voice(voices: Sequence[Voice], name: str | None, speaker: str | None = None) -> Voice | None:

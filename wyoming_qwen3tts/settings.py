@@ -63,6 +63,8 @@ class SpeechSettings:
     language: str = "auto"
     normalize: bool = True  # numbers, dates, money, units and markup written out before synthesis
     max_text_chars: int = 5000
+    max_batch: int = 4  # sentences advanced together in one batched step; 1: interleaved one by one
+    look_ahead: int = 2  # later sentences of a request generated while the current one is spoken
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,22 @@ SPEECH_FLAGS = FlagGroup(
             "max_text_chars",
             ("QWEN3TTS_MAX_TEXT_CHARS",),
             "longest text accepted per request",
+            positive_int,
+            type=positive_int,
+        ),
+        Flag(
+            "max_batch",
+            ("QWEN3TTS_MAX_BATCH",),
+            "sentences in flight (all clients, all requests) advanced together in one batched step, "
+            "so one read of the weights speaks for all of them; 1 = one at a time, interleaved",
+            positive_int,
+            type=positive_int,
+        ),
+        Flag(
+            "look_ahead",
+            ("QWEN3TTS_LOOK_AHEAD",),
+            "later sentences of a request generated (batched) while the current one is spoken; "
+            "needs --max-batch above 1; 0 = none",
             positive_int,
             type=positive_int,
         ),
@@ -323,6 +341,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
 
 def check(settings: Settings) -> None:
     """Refuse settings that cannot work, naming the fix."""
+    if settings.speech.max_batch == 0:
+        raise SettingsError("--max-batch must be at least 1 (1: one sentence at a time)")
     backend = BACKENDS.get(settings.backend)
     if backend is None:
         raise SettingsError(

@@ -1,13 +1,23 @@
 """The one worker thread that runs every engine call, one at a time, off the event loop: blocking calls
-gain nothing side by side on a few cores, and a job per generator step lets requests interleave by chunk.
+gain nothing side by side on a few cores. Sentences in flight advance together, one batched frame a job
+(continuous batching: one read of the weights speaks for all of them), or with --max-batch 1 one chunk
+of one sentence a job, interleaved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .engine.seams import Engine, EngineStream
+    from .voices.voice import Voice
+
+_LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -25,11 +35,27 @@ class InferenceWorker:
         self,
         initializer: Callable[[], Any] | None = None,
         thread_name: str = "qwen3tts-inference",
+        max_batch: int = 1,
     ) -> None:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=thread_name, initializer=initializer
         )
         self._closed = False
+        self.max_batch = max_batch  # sentences that advance together; 1: interleaved chunk by chunk
+        self._batch: SentenceBatch | None = None
+
+    def speak(
+        self, engine: Engine, text: str, voice: Voice, language: str, ahead: bool = False
+    ) -> SentenceAudio:
+        """A sentence for the batch (max_batch > 1): generation starts at once, its PCM arrives in order.
+
+        Iterate the result for the PCM; call its cancel() when leaving early, which frees its place in
+        the batch at the next frame. ahead: nobody listens to it yet (see EngineStream.urgent) until
+        its listen() is called.
+        """
+        if self._batch is None or self._batch.engine is not engine:
+            self._batch = SentenceBatch(self, engine)
+        return self._batch.add(text, voice, language, ahead)
 
     @property
     def closed(self) -> bool:
@@ -87,6 +113,124 @@ class InferenceWorker:
             self._executor.submit(close)
         except RuntimeError:  # closed: the generator is simply dropped
             pass
+
+
+class SentenceAudio:
+    """One sentence in the batch: its PCM, in order, as the batch makes it (async-iterable)."""
+
+    def __init__(self, text: str, voice: Voice, language: str, ahead: bool = False) -> None:
+        self.args = (text, voice, language)
+        self.stream: EngineStream | None = None  # the engine's, touched on the worker thread only
+        self.cancelled = False
+        self.ahead = ahead  # generated ahead of the sentence being listened to
+        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+
+    def cancel(self) -> None:
+        """The listener left: the batch drops this sentence at its next frame."""
+        self.cancelled = True
+
+    def listen(self) -> None:
+        """Its turn to be heard: from the next frame on its audio comes as fast as it can."""
+        self.ahead = False
+
+    def deliver(self, item: bytes | BaseException | None) -> None:
+        self._queue.put_nowait(item)
+
+    def __aiter__(self) -> SentenceAudio:
+        return self
+
+    async def __anext__(self) -> bytes:
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)  # stays ended
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(None)
+            raise item
+        return item
+
+
+class SentenceBatch:
+    """The sentences in flight on one engine, advanced together one frame a job on the worker thread.
+
+    A waiting sentence joins at a frame boundary: its prompt runs as a step of its own (one join per
+    frame, so a crowd of new sentences holds the others back by one prompt at a time), then it
+    advances with the rest. A sentence that ends or is cancelled leaves at once.
+    """
+
+    def __init__(self, worker: InferenceWorker, engine: Engine) -> None:
+        self.worker = worker
+        self.engine = engine
+        self.waiting: deque[SentenceAudio] = deque()
+        self.active: list[SentenceAudio] = []  # worker thread only
+        self._running: asyncio.Task[None] | None = None
+
+    def add(self, text: str, voice: Voice, language: str, ahead: bool = False) -> SentenceAudio:
+        audio = SentenceAudio(text, voice, language, ahead)
+        self.waiting.append(audio)
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().create_task(self._run(), name="qwen3tts batch")
+        return audio
+
+    async def _run(self) -> None:
+        while self.waiting or self.active:
+            try:
+                delivered = await self.worker.run(self._frame)
+            except Exception as err:  # the worker is closed: every sentence ends with the error
+                for audio in [*self.active, *self.waiting]:
+                    audio.deliver(err)
+                self.active, self.waiting = [], deque()
+                return
+            for audio, item in delivered:
+                audio.deliver(item)
+
+    def _frame(self) -> list[tuple[SentenceAudio, bytes | BaseException | None]]:
+        """On the worker thread: join one waiting sentence, advance all, hand out what is ready."""
+        delivered: list[tuple[SentenceAudio, bytes | BaseException | None]] = []
+        kept = [audio for audio in self.active if not audio.cancelled]
+        if len(kept) < len(self.active):
+            _LOGGER.debug(
+                "%d cancelled sentences left the batch (%d in flight)",
+                len(self.active) - len(kept),
+                len(kept),
+            )
+        self.active = kept
+        while self.waiting and len(self.active) < self.worker.max_batch:
+            audio = self.waiting.popleft()
+            if audio.cancelled:
+                continue
+            try:
+                audio.stream = self.engine.start(*audio.args)
+            except Exception as err:  # this sentence cannot be spoken; the others go on
+                delivered.append((audio, err))
+                continue
+            self.active.append(audio)
+            _LOGGER.debug("A sentence joined the batch (%d in flight)", len(self.active))
+            break  # one prompt a frame
+        if not self.active:
+            return delivered
+        for audio in self.active:
+            assert audio.stream is not None
+            audio.stream.urgent = not audio.ahead
+        try:
+            chunks = self.engine.advance([audio.stream for audio in self.active])  # type: ignore[misc]
+        except Exception as err:
+            _LOGGER.exception("A batched step failed; ending its %d sentences", len(self.active))
+            delivered.extend((audio, err) for audio in self.active)
+            self.active = []
+            return delivered
+        still = []
+        for audio, pcm in zip(self.active, chunks, strict=True):
+            if pcm:
+                delivered.append((audio, pcm))
+            if audio.stream is not None and audio.stream.done:
+                delivered.append((audio, None))
+            else:
+                still.append(audio)
+        if len(still) < len(self.active):
+            _LOGGER.debug("%d sentences ended (%d in flight)", len(self.active) - len(still), len(still))
+        self.active = still
+        return delivered
 
 
 def _start(func: Callable[..., Iterator[T]], args: tuple[Any, ...]) -> tuple[Iterator[T], Any]:

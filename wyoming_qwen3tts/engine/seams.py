@@ -106,7 +106,13 @@ class Engine(ABC):
 
 
 class EngineStream(ABC):
-    """One sentence an engine is speaking, advanced step by step (see Engine.start)."""
+    """One sentence an engine is speaking, advanced step by step (see Engine.start).
+
+    `urgent` False says nobody listens to it yet (a sentence generated ahead): an engine may then hold
+    its audio back and spend the time on the sentences that are being listened to.
+    """
+
+    urgent: bool = True
 
     @property
     @abstractmethod

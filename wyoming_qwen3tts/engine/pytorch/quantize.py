@@ -82,12 +82,17 @@ class DynamicInt8Linear(nn.Module):
         if torch.backends.quantized.engine != "fbgemm":
             torch.backends.quantized.engine = "fbgemm"
         self._packed = torch.ops.quantized.linear_prepack(quantized, None)
-        self._ends = torch.tensor([1.0, -1.0])
+        self._pinned: dict[int, torch.Tensor] = {}  # rows -> the input buffer, its last two columns +1, -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
+        rows = flat.shape[0]
+        pinned = self._pinned.get(rows)
+        if pinned is None:
+            pinned = self._pinned[rows] = torch.empty(rows, self.in_features + 2)
+            pinned[:, self.in_features :] = torch.tensor([1.0, -1.0])
         peak = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
-        pinned = torch.cat((flat / peak, self._ends.expand(flat.shape[0], 2)), dim=1)
+        torch.div(flat, peak, out=pinned[:, : self.in_features])
         out = torch.ops.quantized.linear_dynamic(pinned, self._packed, True).mul_(peak)
         if self.bias is not None:
             out = out.add_(self.bias)
