@@ -71,7 +71,7 @@ async def serve(settings: Settings) -> None:
         check_wyoming_address(settings.wyoming.uri)  # before the minutes a model may take to load
         # All torch work, loading and warm-up included, runs on the one worker thread: each thread
         # that calls into torch gets its own OpenMP team, and a second team spinning beside the first
-        # made synthesis 40 % slower on 2 cores (real-time factor 3.86 against 2.73 in one thread).
+        # slows synthesis down (docs/speed.md, "Design measurements").
         engine = await worker.run(load_engine, settings)
         service = SpeechService(engine, speech_options(settings, engine), worker)
         if http is not None:

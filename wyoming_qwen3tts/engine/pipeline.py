@@ -46,9 +46,8 @@ FRAMES_PER_CHAR = 4
 MIN_FRAME_CAP = 50
 MAX_FRAME_CAP = 3000  # 4 minutes of speech in one sentence; the talker's positions must fit the prompt too
 # Frames per decoded chunk: the first is one frame (80 ms of speech) for fast first audio, later ones
-# larger, as the codec decodes a frame for less when it gets several at once. Measured on the 0.6B
-# dimensions, 2 threads: 122 ms a frame in 1-frame chunks, 85 in 2, 70 in 3, 64 in 8; first audio of
-# a one-sentence prompt 397 ms with a 1-frame first chunk against 645 ms with a 2-frame one.
+# larger, as the codec decodes a frame for less when it gets several at once (docs/speed.md, "Design
+# measurements").
 CHUNK_SCHEDULE = (1, 3, 8)
 MIN_REFERENCE_SECONDS = 0.5  # shorter reference audio cannot give a speaker embedding
 REQUEST_PROMPTS_KEPT = 8  # clone prompts of recent voice-clone requests, kept for a repeat
