@@ -11,6 +11,7 @@ from contextlib import aclosing
 
 import pytest
 
+from wyoming_qwen3tts.engine.seams import EngineStream
 from wyoming_qwen3tts.worker import InferenceWorker
 
 READ_TIMEOUT = 5.0
@@ -138,3 +139,57 @@ async def test_a_cancelled_request_computes_at_most_one_step_more() -> None:
         assert log[0] == 0 and len(log) <= 2  # at most the step computed ahead after the consumer left
     finally:
         await worker.aclose()
+
+
+class _CountedStream(EngineStream):
+    """Three frames; audio handed out only while urgent (a stand-in for the pipeline's SentenceStream)."""
+
+    def __init__(self) -> None:
+        self.made = self.sent = 0
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= 3
+
+    @property
+    def held(self) -> bool:
+        return self.made >= 3 and not self.urgent
+
+
+class _CountingEngine:
+    """Counts the batched steps it is asked for (a unit test of the batch's scheduling alone)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def start(self, text, voice, language) -> _CountedStream:
+        return _CountedStream()
+
+    def advance(self, streams) -> list[bytes]:
+        self.steps += 1
+        out = []
+        for stream in streams:
+            stream.made = min(3, stream.made + 1)
+            ready = stream.made - stream.sent if stream.urgent else 0
+            stream.sent += ready
+            out.append(b"\0\0" * ready)
+        return out
+
+
+async def test_a_sentence_generated_ahead_waits_without_steps_until_it_is_heard():
+    engine = _CountingEngine()
+    worker = InferenceWorker(max_batch=4)
+    try:
+        current = worker.speak(engine, "Now.", None, "english")  # type: ignore[arg-type]
+        ahead = worker.speak(engine, "Later.", None, "english", ahead=True)  # type: ignore[arg-type]
+        heard = b"".join([pcm async for pcm in current])
+        await asyncio.sleep(0.3)  # the later sentence is all made, its audio held: no step should run
+        steps_while_held = engine.steps
+        await asyncio.sleep(0.3)
+        assert engine.steps == steps_while_held
+        ahead.listen()
+        later = b"".join([pcm async for pcm in ahead])
+    finally:
+        await worker.aclose()
+    assert len(heard) == len(later) == 6  # three frames each, none lost while held
+    assert engine.steps <= 8

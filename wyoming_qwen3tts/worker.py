@@ -118,20 +118,23 @@ class InferenceWorker:
 class SentenceAudio:
     """One sentence in the batch: its PCM, in order, as the batch makes it (async-iterable)."""
 
-    def __init__(self, text: str, voice: Voice, language: str, ahead: bool = False) -> None:
+    def __init__(self, text: str, voice: Voice, language: str, ahead: bool, wake: Callable[[], None]) -> None:
         self.args = (text, voice, language)
         self.stream: EngineStream | None = None  # the engine's, touched on the worker thread only
         self.cancelled = False
         self.ahead = ahead  # generated ahead of the sentence being listened to
+        self._wake = wake  # tells a batch that waits for its held sentences that one changed
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
 
     def cancel(self) -> None:
         """The listener left: the batch drops this sentence at its next frame."""
         self.cancelled = True
+        self._wake()
 
     def listen(self) -> None:
         """Its turn to be heard: from the next frame on its audio comes as fast as it can."""
         self.ahead = False
+        self._wake()
 
     def deliver(self, item: bytes | BaseException | None) -> None:
         self._queue.put_nowait(item)
@@ -164,18 +167,21 @@ class SentenceBatch:
         self.waiting: deque[SentenceAudio] = deque()
         self.active: list[SentenceAudio] = []  # worker thread only
         self._running: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # a sentence was added, cancelled or is now listened to
 
     def add(self, text: str, voice: Voice, language: str, ahead: bool = False) -> SentenceAudio:
-        audio = SentenceAudio(text, voice, language, ahead)
+        audio = SentenceAudio(text, voice, language, ahead, self._changed.set)
         self.waiting.append(audio)
+        self._changed.set()
         if self._running is None or self._running.done():
             self._running = asyncio.get_running_loop().create_task(self._run(), name="qwen3tts batch")
         return audio
 
     async def _run(self) -> None:
         while self.waiting or self.active:
+            self._changed.clear()  # set from here on by what happens while the job runs
             try:
-                delivered = await self.worker.run(self._frame)
+                delivered = await self.worker.run(self._frames)
             except Exception as err:  # the worker is closed: every sentence ends with the error
                 for audio in [*self.active, *self.waiting]:
                     audio.deliver(err)
@@ -183,6 +189,21 @@ class SentenceBatch:
                 return
             for audio, item in delivered:
                 audio.deliver(item)
+            if not self.waiting and self.active and all(self._held(audio) for audio in self.active):
+                # Only sentences generated ahead, all made, wait for their turn: nothing to compute.
+                await self._changed.wait()
+
+    @staticmethod
+    def _held(audio: SentenceAudio) -> bool:
+        return audio.ahead and audio.stream is not None and audio.stream.held and not audio.cancelled
+
+    def _frames(self) -> list[tuple[SentenceAudio, bytes | BaseException | None]]:
+        """On the worker thread: frames until one has something to hand out or a sentence waits to join
+        (one job per chunk, not per frame: fewer trips between the threads, as before batching)."""
+        while True:
+            delivered = self._frame()
+            if delivered or self.waiting or all(self._held(audio) for audio in self.active):
+                return delivered  # all(...) of no sentences: none left
 
     def _frame(self) -> list[tuple[SentenceAudio, bytes | BaseException | None]]:
         """On the worker thread: join one waiting sentence, advance all, hand out what is ready."""

@@ -306,6 +306,10 @@ class SentenceStream(EngineStream):
     def done(self) -> bool:
         return self.row.done and not self.pending
 
+    @property
+    def held(self) -> bool:
+        return self.row.done and not self.urgent
+
     def take(self, frame: torch.Tensor | None) -> bytes:
         """Add the frame just made (None: the row ended); the PCM of a chunk if one is due."""
         if frame is not None:

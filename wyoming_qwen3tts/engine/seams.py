@@ -115,6 +115,11 @@ class EngineStream(ABC):
     urgent: bool = True
 
     @property
+    def held(self) -> bool:
+        """True while it has nothing to compute until it becomes urgent (all generated, audio held)."""
+        return False
+
+    @property
     @abstractmethod
     def done(self) -> bool:
         """True once all of the sentence's audio was returned."""
