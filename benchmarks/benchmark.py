@@ -174,8 +174,11 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
             first = time.perf_counter() - started
         samples += len(chunk) // 2
     total_s = time.perf_counter() - started
+    from .floors import floors
+
     result = {
         "profile_ms_per_frame": profile_engine(engine, voice, frames),
+        "floors": floors(engine),
         "load_s": load_s,
         "first_audio_s": first,
         "total_s": total_s,
@@ -520,6 +523,21 @@ def measure_answer(model_dir: Path, frames: int, threads: int, mode: str) -> dic
         server.wait(30)
 
 
+def floors_line(name: str, profile: dict[str, float], floor: dict) -> str:
+    """Each part's measured ms a frame against what this machine allows it (benchmarks/floors.py)."""
+    parts = ", ".join(
+        f"{part} {profile[part]:.1f} / {ms:.1f} ms = {profile[part] / ms:.1f}x"
+        for part, ms in floor["ms"].items()
+        if part in profile and ms > 0
+    )
+    return (
+        f"{name}, measured / floor: {parts} (read bandwidth {floor['read_bandwidth_gbs']} GB/s; talker "
+        f"{floor['talker_mb']} MB and predictor {floor['predictor_mb']} MB read a frame; codec "
+        f"{floor['codec_gflop']} GFLOP a frame against a {floor['codec_dtype']} matmul peak of "
+        f"{floor['matmul_peak_gflops']} GFLOP/s)"
+    )
+
+
 def answer_table(results: list[dict]) -> str:
     lines = [
         "| server | first audio s | audio s | stall s (player ran dry) | last audio s |",
@@ -783,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
         if profile:
             parts = ", ".join(f"{name} {ms:.1f}" for name, ms in profile.items())
             print(f"\n{result['name']}, ms per 80 ms frame: {parts} (total {sum(profile.values()):.1f})")
+        if profile and result.get("floors"):
+            print(floors_line(result["name"], profile, result["floors"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0 if len(results) + skipped == len(names) else 1

@@ -1,0 +1,113 @@
+"""What this machine allows each part of a frame, to set its measured time against (issue 19's floors).
+
+The talker and the code predictor are one-token steps: every step reads every weight, so their floor is
+the bytes they read a frame (the talker once, the predictor fifteen times, one head a step) over the
+read bandwidth measured here with the benchmark's threads. The codec is compute-bound: its floor is its
+floating-point work a frame over the matrix-product peak measured here in the dtype it runs in.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+BANDWIDTH_BYTES = 1 << 30  # 1 GiB: far beyond any cache
+PEAK_SIZE = 2048  # square matrix product for the compute peak
+
+
+def read_bandwidth_gbs(repeats: int = 3) -> float:
+    """GB/s of reading a 1 GiB float32 tensor (a sum) with torch's current thread count, best of repeats."""
+    data = torch.ones(BANDWIDTH_BYTES // 4)
+    data.sum()
+    best = min(_timed(data.sum) for _ in range(repeats))
+    return BANDWIDTH_BYTES / best / 1e9
+
+
+def matmul_gflops(dtype: torch.dtype, repeats: int = 3) -> float:
+    """GFLOP/s of a 2048^3 matrix product in dtype with torch's current thread count, best of repeats."""
+    a = torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype)
+    b = torch.randn(PEAK_SIZE, PEAK_SIZE).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * PEAK_SIZE**3 / best / 1e9
+
+
+def _timed(function: Any) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def linear_bytes(layer: nn.Module) -> int:
+    """The bytes one call of a linear layer reads: its weights (and scales, bias) in the format it holds."""
+    from wyoming_qwen3tts.engine.pytorch.quantize import DynamicInt8Linear, WeightOnlyInt8Linear
+
+    if isinstance(layer, DynamicInt8Linear):
+        weight = layer.out_features * (layer.in_features + 2) + 4 * layer.out_features  # int8 + f32 scales
+        return weight + (0 if layer.bias is None else 4 * layer.out_features)
+    if isinstance(layer, WeightOnlyInt8Linear | nn.Linear):
+        return sum(
+            t.numel() * t.element_size() for t in [*layer.parameters(), *layer.buffers()] if t is not None
+        )
+    raise TypeError(f"no byte count for {type(layer).__name__}")
+
+
+def part_bytes(steps: Any) -> dict[str, int]:
+    """Bytes a frame reads of the talker (one step) and of the code predictor (its steps of a frame)."""
+
+    def stack_bytes(stack: Any) -> int:
+        return sum(
+            linear_bytes(layer.qkv)
+            + linear_bytes(layer.o)
+            + linear_bytes(layer.gate_up)
+            + linear_bytes(layer.down)
+            for layer in stack.layers
+        )
+
+    groups = steps.layout.num_groups - 1
+    heads = sum(linear_bytes(head) for head in steps.predictor_heads)  # each step reads one of them
+    projection = 0 if isinstance(steps.to_predictor, nn.Identity) else linear_bytes(steps.to_predictor)
+    return {
+        "talker": stack_bytes(steps.talker_stack) + linear_bytes(steps.codec_head),
+        "predictor": groups * (stack_bytes(steps.predictor_stack) + projection) + heads,
+    }
+
+
+def codec_gflop_per_frame(engine: Any, frames: int = 8) -> float:
+    """The codec's floating-point work a frame, counted by torch over one decode of `frames` frames."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    decoder = engine._fresh_decoder.copy()
+    codes = torch.zeros(frames, decoder.step.num_quantizers, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        decoder.decode(codes)
+    return counter.get_total_flops() / frames / 1e9
+
+
+def floors(engine: Any) -> dict[str, Any] | None:
+    """Each part's floor in ms a frame on this machine, for an engine on the PyTorch steps; else None."""
+    steps = engine.parts.steps
+    if not hasattr(steps, "talker_stack"):
+        return None
+    bandwidth = read_bandwidth_gbs()
+    graph = getattr(engine.parts.codec, "graph", None)  # TorchCodec's CodecGraph
+    codec_dtype = next(graph.parameters()).dtype if graph is not None else torch.float32
+    peak = matmul_gflops(codec_dtype)
+    read = part_bytes(steps)
+    gflop = codec_gflop_per_frame(engine)
+    return {
+        "read_bandwidth_gbs": round(bandwidth, 1),
+        "matmul_peak_gflops": round(peak, 1),
+        "codec_dtype": str(codec_dtype).removeprefix("torch."),
+        "talker_mb": round(read["talker"] / 1e6, 1),
+        "predictor_mb": round(read["predictor"] / 1e6, 1),
+        "codec_gflop": round(gflop, 2),
+        "ms": {
+            "talker step": read["talker"] / bandwidth / 1e6,
+            "code predictor (15 steps)": read["predictor"] / bandwidth / 1e6,
+            "codec decode": gflop / peak * 1e3,
+        },
+    }

@@ -1,0 +1,74 @@
+"""benchmarks/floors.py: the bytes each part of a frame reads and the codec's work, checked against the
+model's own dimensions on the tiny model (the benchmark sets each part's measured time against them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.floors import codec_gflop_per_frame, floors, part_bytes
+from wyoming_qwen3tts.engine.options import EngineOptions
+from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
+from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def weights_per_frame(config: dict) -> tuple[int, int]:
+    """Weights the talker reads a step and the code predictor a frame, from config.json's dimensions."""
+
+    def layer(c: dict) -> int:
+        h, hd, q, kv, i = (
+            c[k]
+            for k in (
+                "hidden_size",
+                "head_dim",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "intermediate_size",
+            )
+        )
+        return h * (q + 2 * kv) * hd + q * hd * h + h * 2 * i + i * h
+
+    talker = config["talker_config"]
+    predictor = talker["code_predictor_config"]
+    groups = talker["num_code_groups"] - 1
+    projection = (
+        0
+        if predictor["hidden_size"] == talker["hidden_size"]
+        else talker["hidden_size"] * predictor["hidden_size"]
+    )
+    talker_weights = (
+        talker["num_hidden_layers"] * layer(talker) + talker["hidden_size"] * talker["vocab_size"]
+    )
+    predictor_weights = groups * (predictor["num_hidden_layers"] * layer(predictor) + projection)
+    predictor_weights += groups * predictor["hidden_size"] * predictor["vocab_size"]  # one head a step
+    return talker_weights, predictor_weights
+
+
+@pytest.mark.parametrize(("quantize", "bytes_per_weight"), [("none", 4), ("int8", 1)])
+def test_bytes_a_frame_reads_follow_the_model_dimensions(tiny_models, quantize, bytes_per_weight):
+    model_dir = tiny_models["custom_voice"]
+    engine = PyTorchEngine(
+        model_dir, EngineOptions(warmup=False), TorchOptions(dtype="float32", quantize=quantize)
+    )
+    talker, predictor = weights_per_frame(json.loads((model_dir / "config.json").read_text()))
+    read = part_bytes(engine.parts.steps)
+    # int8 layers also read a float32 scale per output row and two zero columns (the per-row scale trick)
+    slack = 0 if quantize == "none" else 0.2
+    assert bytes_per_weight * talker <= read["talker"] <= bytes_per_weight * talker * (1 + slack)
+    assert bytes_per_weight * predictor <= read["predictor"] <= bytes_per_weight * predictor * (1 + slack)
+
+
+def test_floors_of_every_part(tiny_models):
+    engine = PyTorchEngine(
+        tiny_models["custom_voice"],
+        EngineOptions(warmup=False),
+        TorchOptions(dtype="float32", quantize="none"),
+    )
+    assert codec_gflop_per_frame(engine) > 0
+    floor = floors(engine)
+    assert floor is not None and floor["read_bandwidth_gbs"] > 0 and floor["matmul_peak_gflops"] > 0
+    assert set(floor["ms"]) == {"talker step", "code predictor (15 steps)", "codec decode"}
+    assert all(ms > 0 for ms in floor["ms"].values())
