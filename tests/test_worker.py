@@ -193,3 +193,23 @@ async def test_a_sentence_generated_ahead_waits_without_steps_until_it_is_heard(
         await worker.aclose()
     assert len(heard) == len(later) == 6  # three frames each, none lost while held
     assert engine.steps <= 8
+
+
+async def test_a_full_batch_of_held_sentences_waits_without_spinning_and_lets_the_next_join_later():
+    engine = _CountingEngine()
+    worker = InferenceWorker(max_batch=2)
+    try:
+        first = worker.speak(engine, "One.", None, "english", ahead=True)  # type: ignore[arg-type]
+        second = worker.speak(engine, "Two.", None, "english", ahead=True)  # type: ignore[arg-type]
+        third = worker.speak(engine, "Three.", None, "english")  # type: ignore[arg-type]  # no room yet
+        await asyncio.sleep(0.3)
+        stuck_at = engine.steps
+        await asyncio.sleep(0.3)
+        assert engine.steps == stuck_at  # both places held, the third waiting: nothing spins
+        first.listen()
+        assert len(b"".join([pcm async for pcm in first])) == 6
+        second.listen()
+        assert len(b"".join([pcm async for pcm in second])) == 6
+        assert len(b"".join([pcm async for pcm in third])) == 6  # joined once a place was free
+    finally:
+        await worker.aclose()

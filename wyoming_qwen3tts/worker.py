@@ -189,9 +189,14 @@ class SentenceBatch:
                 return
             for audio, item in delivered:
                 audio.deliver(item)
-            if not self.waiting and self.active and all(self._held(audio) for audio in self.active):
-                # Only sentences generated ahead, all made, wait for their turn: nothing to compute.
+            if self._stuck():
+                # Only sentences generated ahead, all made, wait for their turn (and no new one can
+                # join): nothing to compute until one is listened to or cancelled.
                 await self._changed.wait()
+
+    def _stuck(self) -> bool:
+        room = len(self.active) < self.worker.max_batch
+        return bool(self.active) and all(self._held(a) for a in self.active) and not (self.waiting and room)
 
     @staticmethod
     def _held(audio: SentenceAudio) -> bool:
@@ -202,7 +207,8 @@ class SentenceBatch:
         (one job per chunk, not per frame: fewer trips between the threads, as before batching)."""
         while True:
             delivered = self._frame()
-            if delivered or self.waiting or all(self._held(audio) for audio in self.active):
+            room = len(self.active) < self.worker.max_batch
+            if delivered or (self.waiting and room) or all(self._held(audio) for audio in self.active):
                 return delivered  # all(...) of no sentences: none left
 
     def _frame(self) -> list[tuple[SentenceAudio, bytes | BaseException | None]]:
