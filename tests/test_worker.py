@@ -11,7 +11,8 @@ from contextlib import aclosing
 
 import pytest
 
-from wyoming_qwen3tts.engine.seams import EngineStream
+from wyoming_qwen3tts.engine.seams import Engine, EngineStream
+from wyoming_qwen3tts.voices.voice import Voice
 from wyoming_qwen3tts.worker import InferenceWorker
 
 READ_TIMEOUT = 5.0
@@ -211,5 +212,32 @@ async def test_a_full_batch_of_held_sentences_waits_without_spinning_and_lets_th
         second.listen()
         assert len(b"".join([pcm async for pcm in second])) == 6
         assert len(b"".join([pcm async for pcm in third])) == 6  # joined once a place was free
+    finally:
+        await worker.aclose()
+
+
+class _ChunkEngine(Engine):
+    """An engine that cannot batch: synthesize() only (the Engine seam's own start/advance serve it)."""
+
+    model_kind = "custom_voice"
+
+    def languages(self):
+        return ["english"]
+
+    def voices(self):
+        return [Voice("ryan", "preset")]
+
+    def synthesize(self, text, voice, language):
+        yield from (text.encode() for _ in range(3))
+
+
+async def test_an_engine_that_cannot_batch_is_stepped_chunk_by_chunk_in_the_batch():
+    worker = InferenceWorker(max_batch=4)
+    engine = _ChunkEngine()
+    try:
+        first = worker.speak(engine, "ab", engine.voices()[0], "english")
+        second = worker.speak(engine, "cd", engine.voices()[0], "english")
+        assert b"".join([pcm async for pcm in first]) == b"ababab"
+        assert b"".join([pcm async for pcm in second]) == b"cdcdcd"
     finally:
         await worker.aclose()

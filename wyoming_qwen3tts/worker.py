@@ -195,8 +195,13 @@ class SentenceBatch:
                 await self._changed.wait()
 
     def _stuck(self) -> bool:
-        room = len(self.active) < self.worker.max_batch
-        return bool(self.active) and all(self._held(a) for a in self.active) and not (self.waiting and room)
+        return bool(self.active) and self._all_held() and not self._can_join()
+
+    def _can_join(self) -> bool:
+        return bool(self.waiting) and len(self.active) < self.worker.max_batch
+
+    def _all_held(self) -> bool:
+        return all(self._held(audio) for audio in self.active)
 
     @staticmethod
     def _held(audio: SentenceAudio) -> bool:
@@ -207,9 +212,8 @@ class SentenceBatch:
         (one job per chunk, not per frame: fewer trips between the threads, as before batching)."""
         while True:
             delivered = self._frame()
-            room = len(self.active) < self.worker.max_batch
-            if delivered or (self.waiting and room) or all(self._held(audio) for audio in self.active):
-                return delivered  # all(...) of no sentences: none left
+            if delivered or self._can_join() or self._all_held():
+                return delivered  # _all_held() of no sentences: none left
 
     def _frame(self) -> list[tuple[SentenceAudio, bytes | BaseException | None]]:
         """On the worker thread: join one waiting sentence, advance all, hand out what is ready."""

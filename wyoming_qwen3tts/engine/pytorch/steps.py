@@ -29,6 +29,9 @@ class KVCache:
 
 LinearFactory = Callable[[nn.Linear], nn.Module]
 # (x [1, 1, H], position, keys per layer, values per layer) -> normed hidden states [1, 1, H]
+# (layer index, q and k heads after RoPE [B, heads, n, D], q heads, new values [B, kv, n, D]) -> attention
+# output [B, q heads, n, D]: writes the new keys and values into the cache and attends over it.
+Attend = Callable[[int, torch.Tensor, int, torch.Tensor], torch.Tensor]
 OneTokenStep = Callable[[torch.Tensor, int, list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
 
 
@@ -179,36 +182,26 @@ class DecoderStack:
             return self.one_token(x, starts[0], caches[0].keys, caches[0].values)
         rows = x.shape[0]
         positions = torch.tensor(starts)
-        cos = self.cos[positions].view(rows, 1, 1, -1)
-        signed_sin = self.signed_sin[positions].view(rows, 1, 1, -1)
-        hd = self.head_dim
-        half = hd // 2
-        for index, layer in enumerate(self.layers):
-            heads = layer.qkv(layer.input_norm(x)).view(rows, 1, -1, hd)
-            qk_heads = layer.q_heads + layer.kv_heads
-            qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
-            qk = qk.transpose(1, 2)
-            qk = torch.addcmul(qk * cos, qk.roll(half, -1), signed_sin)
-            new_values = heads[:, :, qk_heads:].transpose(1, 2)
+
+        def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
             outs = []
             for row, (start, cache) in enumerate(zip(starts, caches, strict=True)):
                 keys, values = cache.keys[index], cache.values[index]
-                keys[:, :, start : start + 1] = qk[row : row + 1, layer.q_heads :]
+                keys[:, :, start : start + 1] = qk[row : row + 1, q_heads:]
                 values[:, :, start : start + 1] = new_values[row : row + 1]
                 outs.append(
                     F.scaled_dot_product_attention(
-                        qk[row : row + 1, : layer.q_heads],
+                        qk[row : row + 1, :q_heads],
                         keys[:, :, : start + 1],
                         values[:, :, : start + 1],
                         scale=self.scaling,
                         enable_gqa=True,
                     )
                 )
-            out = torch.cat(outs)
-            x = x + layer.o(out.transpose(1, 2).reshape(rows, 1, -1))
-            gate, up = layer.gate_up(layer.post_norm(x)).split(layer.intermediate, dim=-1)
-            x = x + layer.down(layer.act(gate) * up)
-        return self.norm(x)
+            return torch.cat(outs)
+
+        cos = self.cos[positions].view(rows, 1, 1, -1)
+        return self._stack(x, cos, self.signed_sin[positions].view(rows, 1, 1, -1), attend)
 
     def _layers(
         self,
@@ -218,25 +211,40 @@ class DecoderStack:
         values_per_layer: list[torch.Tensor],
         causal: bool,
     ) -> torch.Tensor:
+        """x [B, n, H] at positions start.. of one cache (B rows stepping together)."""
+        end = start + x.shape[1]
+
+        def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
+            keys, values = keys_per_layer[index], values_per_layer[index]
+            keys[:, :, start:end] = qk[:, q_heads:]
+            values[:, :, start:end] = new_values
+            return F.scaled_dot_product_attention(
+                qk[:, :q_heads],
+                keys[:, :, :end],
+                values[:, :, :end],
+                is_causal=causal,
+                scale=self.scaling,
+                enable_gqa=True,
+            )
+
+        return self._stack(x, self.cos[start:end], self.signed_sin[start:end], attend)
+
+    def _stack(
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, attend: Attend
+    ) -> torch.Tensor:
+        """Every layer on x [B, n, H]: projections, norms, RoPE (cos/sin broadcast to the rows' positions)
+        and MLP for all rows at once; `attend` writes the keys and values and attends, as the caches ask."""
         rows, n = x.shape[0], x.shape[1]
-        end = start + n
-        cos = self.cos[start:end]
-        signed_sin = self.signed_sin[start:end]
         hd = self.head_dim
         half = hd // 2
         # Every step runs ~50 small ops per layer, 103 layer steps per frame: each op saved counts.
-        for layer, keys, values in zip(self.layers, keys_per_layer, values_per_layer, strict=True):
+        for index, layer in enumerate(self.layers):
             heads = layer.qkv(layer.input_norm(x)).view(rows, n, -1, hd)  # q heads, k heads, v heads
             qk_heads = layer.q_heads + layer.kv_heads
             qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
             qk = qk.transpose(1, 2)
             qk = torch.addcmul(qk * cos, qk.roll(half, -1), signed_sin)
-            q = qk[:, : layer.q_heads]
-            keys[:, :, start:end] = qk[:, layer.q_heads :]
-            values[:, :, start:end] = heads[:, :, qk_heads:].transpose(1, 2)
-            out = F.scaled_dot_product_attention(
-                q, keys[:, :, :end], values[:, :, :end], is_causal=causal, scale=self.scaling, enable_gqa=True
-            )
+            out = attend(index, qk, layer.q_heads, heads[:, :, qk_heads:].transpose(1, 2))
             x = x + layer.o(out.transpose(1, 2).reshape(rows, n, -1))
             gate, up = layer.gate_up(layer.post_norm(x)).split(layer.intermediate, dim=-1)
             x = x + layer.down(layer.act(gate) * up)
