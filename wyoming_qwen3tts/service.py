@@ -90,6 +90,11 @@ class SpeechService:
         """The voices a client may ask for, default first."""
         return self._engine.voices()
 
+    @property
+    def model_kind(self) -> str:
+        """The checkpoint kind: "custom_voice", "base" or "voice_design"."""
+        return self._engine.model_kind
+
     def languages(self) -> Sequence[str]:
         """Model language names the model speaks (without "auto")."""
         return self._engine.languages()
@@ -131,6 +136,11 @@ class SpeechService:
     async def clone(self, audio: bytes, transcript: str | None) -> Voice:
         """A voice cloned from reference audio for one request (Base models), built on the worker."""
         return await self.worker.run(self._engine.clone_voice, audio, transcript)
+
+    async def reload_voices(self) -> bool:
+        """Read the voices directory again now, on the worker (after a change the server made itself);
+        True if the voices were rebuilt. The voices are the new ones when it returns."""
+        return await self.worker.run(self._engine.reload_voices)
 
     async def watch_voices(self, interval: float) -> None:
         """Look for changes in the voices directory every interval seconds, until cancelled.

@@ -19,6 +19,7 @@ with one line that names the flag or variable and what would be accepted.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class HttpOptions:
     uri: str | None = None  # e.g. tcp://0.0.0.0:8880: also serve the OpenAI-compatible HTTP API
     api_key: str | None = None  # bearer token the HTTP API asks for; None: open
     max_requests: int = 4  # HTTP syntheses at once; more get 503 with Retry-After
+    trusted_peer: str | None = None  # requests from this address need no key (Home Assistant's ingress)
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,13 @@ HTTP_FLAGS = FlagGroup(
             field="max_requests",
             type=positive_int,
         ),
+        Flag(
+            "http_trusted_peer",
+            ("QWEN3TTS_HTTP_TRUSTED_PEER",),
+            "an IP address whose requests need no --http-api-key: a proxy that authenticates users itself, "
+            "such as Home Assistant's ingress (172.30.32.2)",
+            field="trusted_peer",
+        ),
     ),
 )
 
@@ -304,6 +313,7 @@ class Settings:
     http_uri = _Flat("http", "uri")
     http_api_key = _Flat("http", "api_key")
     http_max_requests = _Flat("http", "max_requests")
+    http_trusted_peer = _Flat("http", "trusted_peer")
     debug = _Flat("log")
     log_format = _Flat("log", "format")
 
@@ -364,6 +374,13 @@ def check(settings: Settings) -> None:
         )
     if settings.http.uri is not None:
         http_address(settings.http.uri)  # raises SettingsError naming the fix
+    if settings.http.trusted_peer:
+        try:
+            ipaddress.ip_address(settings.http.trusted_peer)
+        except ValueError:
+            raise SettingsError(
+                f"--http-trusted-peer {settings.http.trusted_peer!r} must be one IP address, e.g. 172.30.32.2"
+            ) from None
     if wyoming.samples_per_chunk == 0:
         raise SettingsError("--samples-per-chunk must be at least 1")
     voices_dir = engine.voices_dir

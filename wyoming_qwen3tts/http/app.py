@@ -1,7 +1,8 @@
 """The OpenAI-compatible speech API's routes, over the same speech service the Wyoming handler uses.
 
 Audio streams as it is synthesized (chunked transfer, or OpenAI's SSE events), encoded as it goes. The app
-exists before the model is loaded: /health answers 503 until `ApiState.ready()` is called.
+exists before the model is loaded: /health answers 503 until `ApiState.ready()` is called. The voice
+studio's routes (saving voices made in the browser) are studio.py's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import binascii
 import logging
 import secrets
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
@@ -20,10 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..languages import bcp47_codes
 from ..requests import (
-    BUSY,
     INVALID_AUDIO,
     UNKNOWN_VOICE,
     EngineError,
@@ -40,17 +39,21 @@ from .errors import (
     INVALID_API_KEY,
     INVALID_REQUEST,
     INVALID_SPEED,
-    LOADING,
     MODEL_NOT_FOUND,
     UNSUPPORTED_FORMAT,
     ApiError,
     api_error,
 )
-from .openai_names import MODEL_NAMES, OPENAI_VOICES, UnknownModel, language_of_model, voice_for
+from .openai_names import MODEL_NAMES, UnknownModel, language_of_model, voice_for
+from .state import ApiState, check_not_busy, peer, voice_items
+from .studio import Studio, StudioGate, studio_routes
+
+__all__ = ["ApiState", "create_app"]
 
 _LOGGER = logging.getLogger(__name__)
 
 INSTRUCTIONS_HEADER = "X-Instructions-Ignored"
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 MAX_REFERENCE_BYTES = 20 * 1024 * 1024  # base64-decoded reference audio of a voice-clone request
 
 
@@ -83,32 +86,6 @@ class VoiceCloneRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
 
 
-@dataclass
-class ApiState:
-    """What the routes need; `service` is None while the model loads."""
-
-    model_name: str
-    backend: str
-    api_key: str | None = None
-    max_requests: int = 4
-    service: SpeechService | None = None
-    active: int = 0  # syntheses streaming now
-
-    def ready(self, service: SpeechService) -> None:
-        self.service = service
-
-    def loaded(self) -> SpeechService:
-        if self.service is None:
-            raise ApiError(
-                503,
-                "The model is still loading; try again shortly",
-                LOADING,
-                kind="server_error",
-                headers={"Retry-After": "5"},
-            )
-        return self.service
-
-
 def create_app(state: ApiState) -> FastAPI:
     """The FastAPI app of the speech API (OpenAPI docs at /docs)."""
     app = FastAPI(
@@ -121,6 +98,13 @@ def create_app(state: ApiState) -> FastAPI:
     async def refused(_: Request, err: ApiError) -> JSONResponse:
         return err.response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (an unknown path, a body that is not multipart) in the same shape."""
+        code = HTTP_CODES.get(err.status_code, INVALID_REQUEST)
+        headers = dict(err.headers) if err.headers else None
+        return ApiError(err.status_code, str(err.detail), code, headers=headers).response()
+
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
@@ -128,10 +112,16 @@ def create_app(state: ApiState) -> FastAPI:
         message = f"{'.'.join(location) or 'body'}: {first.get('msg', 'invalid request')}"
         return ApiError(400, message, INVALID_REQUEST, location[-1] if location else None).response()
 
+    studio = Studio(state)
+    app.include_router(studio_routes(studio))
+    app.add_middleware(StudioGate, studio=studio)  # inside the key check: added before it
+
     @app.middleware("http")
     async def bearer_token(request: Request, call_next: Any) -> Any:
         open_paths = ("/", "/health", "/docs", "/openapi.json")
-        if state.api_key and request.url.path not in open_paths:
+        client = request.client
+        trusted = bool(state.trusted_peer) and client is not None and client.host == state.trusted_peer
+        if state.api_key and not trusted and request.url.path not in open_paths:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {state.api_key}".encode()):
                 return ApiError(
@@ -171,30 +161,8 @@ def create_app(state: ApiState) -> FastAPI:
     @app.get("/v1/audio/voices")
     @app.get("/v1/voices", include_in_schema=False)
     async def voices() -> dict[str, Any]:
-        service = state.loaded()
-        catalog = service.voices()
-        default = service.default_voice()
-        overrides = service.openai_voices()
-        aliases: dict[str, list[str]] = {}
-        for name in sorted({*OPENAI_VOICES, *overrides}):
-            voice = voice_for(name, catalog, default, overrides)
-            if voice is not None and voice.name.casefold() != name:
-                aliases.setdefault(voice.name, []).append(name)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": voice.name,
-                    "name": voice.name,
-                    "kind": voice.kind,
-                    "description": voice.description or voice.name,
-                    "languages": bcp47_codes(service.voice_languages(voice)),  # as describe lists them
-                    "follows_instructions": service.follows_instructions(voice),
-                    "openai_names": aliases.get(voice.name, []),
-                }
-                for voice in catalog
-            ],
-        }
+        """Every voice; editable ones are defined in voices.json, which the voice studio may change."""
+        return {"object": "list", "data": voice_items(state.loaded(), studio.editable())}
 
     @app.post("/v1/audio/speech", response_class=StreamingResponse)
     async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
@@ -209,7 +177,7 @@ def create_app(state: ApiState) -> FastAPI:
             VoiceRequest(language=body.language or model_language, instructions=body.instructions),
             body.input,
             body.text_format,
-            describe_client(_peer(request), "http"),
+            describe_client(peer(request), "http"),
         )
         try:
             voice = None
@@ -246,9 +214,9 @@ def create_app(state: ApiState) -> FastAPI:
                 "ref_audio",
             )
         transcript = None if body.x_vector_only_mode else (body.ref_text or "").strip() or None
-        _check_not_busy(state)
+        check_not_busy(state)
         asked = ServiceRequest(
-            VoiceRequest(language=body.language), body.input, "text", describe_client(_peer(request), "http")
+            VoiceRequest(language=body.language), body.input, "text", describe_client(peer(request), "http")
         )
         try:
             service.check_text(body.input)  # before the clone: it runs the encoders
@@ -269,7 +237,7 @@ def _respond(
     stream_format: str,
     headers: dict[str, str],
 ) -> StreamingResponse:
-    _check_not_busy(state)
+    check_not_busy(state)
     audio = _encoded(state, spoken, AudioEncoder(audio_format, service.sample_rate, speed))
     if stream_format == "sse":
         return StreamingResponse(sse_events(audio), media_type="text/event-stream", headers=headers)
@@ -294,17 +262,6 @@ async def _encoded(state: ApiState, spoken: Speech, encoder: AudioEncoder) -> As
         _LOGGER.exception("HTTP synthesis failed: %s", short_failure(err))
     finally:
         state.active -= 1
-
-
-def _check_not_busy(state: ApiState) -> None:
-    if state.active >= state.max_requests:
-        raise ApiError(
-            503,
-            f"The server is busy with {state.active} requests; try again shortly",
-            BUSY,
-            kind="server_error",
-            headers={"Retry-After": "1"},
-        )
 
 
 def _audio_format(name: str) -> AudioFormat:
@@ -341,7 +298,3 @@ def _voice_name(voice: str | dict[str, Any] | None) -> str | None:
     if voice is not None and not isinstance(voice, str):
         raise ApiError(400, "voice must be a name", INVALID_REQUEST, "voice")
     return voice.strip() if voice else None
-
-
-def _peer(request: Request) -> Any:
-    return (request.client.host, request.client.port) if request.client else None

@@ -23,6 +23,14 @@ MODEL_NOT_FOUND = "model_not_found"
 EMPTY_INPUT = "empty-input"
 UNSUPPORTED_FORMAT = "unsupported-format"
 INVALID_SPEED = "invalid-speed"
+# The voice studio's (http/studio.py).
+VOICE_WRITES_OFF = "voice_writes_off"  # 403: no --http-api-key, no --voices-dir, or a read-only directory
+VOICE_EXISTS = "voice_exists"  # 409
+VOICE_NOT_EDITABLE = "voice_not_editable"  # 400: a preset or per-file voice, not a voices.json entry
+INVALID_VOICE_NAME = "invalid_voice_name"  # 400
+UPLOAD_TOO_LARGE = "upload_too_large"  # 413
+VOICES_FILE_BROKEN = "voices_file_broken"  # 409: voices.json cannot be read; a person must fix it first
+VOICE_SAVE_FAILED = "voice_save_failed"  # 500, or 507 on a full disk; nothing was changed
 
 # The service's codes that are not "bad request" over HTTP, and the body field each one is about.
 STATUS_OF_CODE = {UNKNOWN_VOICE: 404}

@@ -27,7 +27,13 @@ class HttpStartError(SettingsError):
 
 async def start_http(options: HttpOptions, model_name: str, backend: str, grace: float) -> HttpServer:
     """The speech API on --http-uri, answering 503 until `state.ready()` is given the speech service."""
-    state = ApiState(model_name, backend, api_key=options.api_key, max_requests=options.max_requests)
+    state = ApiState(
+        model_name,
+        backend,
+        api_key=options.api_key,
+        max_requests=options.max_requests,
+        trusted_peer=options.trusted_peer or None,
+    )
     server = HttpServer(options.uri or "", state, grace=grace)
     await server.start()
     return server
@@ -61,6 +67,7 @@ class HttpServer:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            proxy_headers=False,  # the peer is the socket's: no header may claim --http-trusted-peer
             timeout_graceful_shutdown=max(1, round(grace)),  # in-flight responses may finish
         )
         self._server = _Server(config)

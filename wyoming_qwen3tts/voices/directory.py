@@ -28,7 +28,7 @@ _LOGGER = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
-Signature = frozenset[tuple[str, int, int]]
+Signature = frozenset[tuple[str, int, int, int]]
 
 
 @dataclass
@@ -59,7 +59,10 @@ class VoicesDirectory:
         return self.signature() != self._signature
 
     def signature(self) -> Signature:
-        """(path, size, mtime) of every file below the directory; hidden files and folders are left out."""
+        """(path, size, mtime, inode) of every file below the directory, hidden files and folders left out.
+
+        The inode catches a file replaced whole (as the voice studio saves) within one mtime tick.
+        """
         stats = []
         for root, folders, files in os.walk(self.path):
             folders[:] = [f for f in folders if not f.startswith(".")]
@@ -71,7 +74,7 @@ class VoicesDirectory:
                     stat = os.stat(path)
                 except OSError:  # removed meanwhile, or a dangling link
                     continue
-                stats.append((path, stat.st_size, stat.st_mtime_ns))
+                stats.append((path, stat.st_size, stat.st_mtime_ns, stat.st_ino))
         return frozenset(stats)
 
     def scan(self) -> VoiceScan:
