@@ -1,9 +1,9 @@
 """Speed and memory of each engine setting against stock qwen-tts, measured in one run.
 
-    script/benchmark [--model DIR] [--frames 48] [--threads 2] [--settings a,b,...]
+    script/benchmark [--size real-1.7b] [--model DIR] [--frames 48] [--threads 2] [--settings a,b,...]
 
 Without --model it builds (once, cached under data/benchmark/) a random-weight
-CustomVoice model with the real 0.6B dimensions from the public configs: its
+CustomVoice model with the real 0.6B (or --size real-1.7b) dimensions from the public configs: its
 compute per frame is the real one. Greedy decoding on that model never emits
 EOS, so every setting generates exactly --frames frames. Each setting runs in
 its own process so that load time and peak RSS are its own; the machines are
@@ -33,7 +33,14 @@ TEXT = (
     "The weather in the kitchen is sunny today, with a gentle breeze from the west and a high of "
     "twenty one degrees."
 )
-DEFAULT_MODEL_DIR = Path("data/benchmark/real-0.6b-custom_voice")
+SIZES = ("real-0.6b", "real-1.7b")  # random weights with the real dimensions of each size
+
+
+def model_dir_of(size: str) -> Path:
+    return Path(f"data/benchmark/{size}-custom_voice")
+
+
+DEFAULT_MODEL_DIR = model_dir_of("real-0.6b")
 IPEX_PYTHON = Path(__file__).resolve().parent.parent / ".venv-ipex" / "bin" / "python"
 BASELINE = "stock-float32"
 
@@ -361,7 +368,12 @@ MODES = {"batched": (), "max-batch 1": ("--max-batch", "1", "--look-ahead", "0")
 
 
 def measure_concurrency(
-    model_dir: Path, frames: int, threads: int, levels: list[int], mode: str = "batched"
+    model_dir: Path,
+    frames: int,
+    threads: int,
+    levels: list[int],
+    mode: str = "batched",
+    backend: Sequence[str] = (),
 ) -> list[dict]:
     """One PyTorch server; N clients at once speak the benchmark text, for each N in levels.
 
@@ -374,7 +386,7 @@ def measure_concurrency(
     from wyoming.client import AsyncTcpClient
 
     port = free_port()
-    command = server_command(model_dir, port, frames, threads, MODES[mode])
+    command = server_command(model_dir, port, frames, threads, (*MODES[mode], *backend))
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def resident_gb() -> float:
@@ -463,7 +475,9 @@ ANSWER = [
 WORDS_PER_SECOND = 20  # how fast an LLM's answer streams in, word by word, as Home Assistant forwards it
 
 
-def measure_answer(model_dir: Path, frames: int, threads: int, mode: str) -> dict:
+def measure_answer(
+    model_dir: Path, frames: int, threads: int, mode: str, backend: Sequence[str] = ()
+) -> dict:
     """One Wyoming client sends a four-sentence answer the way Home Assistant streams an LLM's reply
     (synthesize-start, word-sized chunks at WORDS_PER_SECOND, the compatibility synthesize, synthesize-stop)
     and plays the audio at real time from its first chunk: first audio, stall seconds (where the player
@@ -476,7 +490,7 @@ def measure_answer(model_dir: Path, frames: int, threads: int, mode: str) -> dic
     port = free_port()
     # The random model never says EOS: --max-frames gives every sentence the same length (48 frames each:
     # 15.4 s of audio in all, as in the measurement that asked for batching).
-    command = server_command(model_dir, port, frames, threads, MODES[mode])
+    command = server_command(model_dir, port, frames, threads, (*MODES[mode], *backend))
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     text = " ".join(ANSWER)
 
@@ -652,18 +666,22 @@ def measure_one(name: str, model_dir: Path, frames: int, threads: int) -> dict:
 
 
 def ensure_model(model_dir: Path) -> Path:
+    """The model to measure; one of ours (model_dir_of) is built on first use."""
+    size = next((size for size in SIZES if model_dir == model_dir_of(size)), None)
     if (model_dir / "config.json").is_file():
-        if model_dir == DEFAULT_MODEL_DIR:  # ours: keep its tokenizer as the builder now writes it
+        if size is not None:  # ours: keep its tokenizer as the builder now writes it
             from fixtures.model_builder import reference_spec, write_text_tokenizer
 
-            write_text_tokenizer(model_dir, reference_spec("custom_voice", "real-0.6b").tokenizer)
+            write_text_tokenizer(model_dir, reference_spec("custom_voice", size).tokenizer)
         return model_dir
     from fixtures.tiny_model import build_model
 
+    dims = (size or "real-0.6b").removeprefix("real-").upper()
     print(
-        f"Building a random-weight model with the real 0.6B dimensions in {model_dir} (once)", file=sys.stderr
+        f"Building a random-weight model with the real {dims} dimensions in {model_dir} (once)",
+        file=sys.stderr,
     )
-    return build_model(model_dir, "custom_voice", size="real-0.6b")
+    return build_model(model_dir, "custom_voice", size=size or "real-0.6b")
 
 
 def table(results: list[dict]) -> str:
@@ -700,7 +718,15 @@ def _run_child(name: str, command: list[str], env: dict[str, str]) -> dict | Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="script/benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model directory (built if missing)"
+        "--model",
+        type=Path,
+        help="model directory (default: ours of --size, built with random weights if missing)",
+    )
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default="real-0.6b",
+        help="the real dimensions of the model to build and measure",
     )
     parser.add_argument("--frames", type=int, default=48, help="frames per timed synthesis (80 ms each)")
     parser.add_argument("--threads", type=int, default=2)
@@ -717,22 +743,38 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of the settings: a four-sentence answer streamed in as Home Assistant does, played at "
         "real time: first audio, stall seconds and last audio, batched against --max-batch 1",
     )
+    parser.add_argument(
+        "--server-backend",
+        choices=("pytorch", *(f"openvino-{weights}" for weights in ("fp32", "fp16", "int8", "int4"))),
+        default="pytorch",
+        help="the backend of --concurrency and --answer (an OpenVINO export is made once if missing)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: measure one setting, print JSON
     args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = model_dir_of(args.size)
 
     if args.one:
         print(json.dumps(measure_one(args.one, args.model, args.frames, args.threads)))
         return 0
 
+    backend: list[str] = []
+    if args.server_backend.startswith("openvino-") and (args.concurrency or args.answer):
+        export = ensure_export(ensure_model(args.model), args.server_backend.split("-", 1)[1])
+        backend = ["--backend", "openvino", "--ov-model-dir", str(export)]
+
     if args.concurrency:
         model_dir = ensure_model(args.model)
         levels = [int(n) for n in args.concurrency.split(",") if n.strip()]
-        print(f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; {args.frames} frames per client")
+        print(
+            f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; {args.frames} frames per client; "
+            f"{args.server_backend}"
+        )
         concurrent = [
             row
             for mode in MODES
-            for row in measure_concurrency(model_dir, args.frames, args.threads, levels, mode)
+            for row in measure_concurrency(model_dir, args.frames, args.threads, levels, mode, backend)
         ]
         print(concurrency_table(concurrent))
         if args.json:
@@ -745,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; a {len(ANSWER)}-sentence answer, "
             f"{args.frames} frames a sentence"
         )
-        answers = [measure_answer(model_dir, args.frames, args.threads, mode) for mode in MODES]
+        answers = [measure_answer(model_dir, args.frames, args.threads, mode, backend) for mode in MODES]
         print(answer_table(answers))
         if args.json:
             args.json.write_text(json.dumps(answers, indent=2))

@@ -365,3 +365,42 @@ def test_compile_is_skipped_with_a_warning(tiny_models, ov_exports, tmp_path, ca
     assert isinstance(exported, OpenVINOEngine)
     assert "--compile skipped" in caplog.text and "--backend pytorch" in caplog.text
     assert exported.voices()
+
+
+@pytest.mark.parametrize(("kind", "name"), [(kind, name) for kind, name, _ in VOICES])
+def test_rows_of_a_batch_equal_each_row_alone(engines, kind, name):
+    """The exported predictor steps every row in flight in one call: each row's greedy codes are its
+    codes alone (and the PyTorch engine's), with rows of different lengths joining mid-way."""
+    from test_batching import TEXTS, batched
+
+    reference, exported = engines[kind]
+    assert exported.frame_generator.steps.predictor_batches
+    voice_pt, voice_ov = voice_of(reference, name), voice_of(exported, name)
+    # batched() speaks English, as the PyTorch engine's batching test does.
+    expected = [torch.stack(list(reference.frames(text, voice_pt, "english"))) for text in TEXTS]
+    got = batched(exported, TEXTS, voice_ov, joins=[0, 2, 5])
+    for want, have in zip(expected, got, strict=True):
+        assert have.shape == want.shape and torch.equal(have, want)
+
+
+def test_an_export_whose_predictor_keeps_state_still_runs_row_by_row(
+    tiny_models, forced_reference, tmp_path, monkeypatch
+):
+    """Exports made before the predictor batched keep its keys and values as OpenVINO state: they load
+    and compute the same logits, one row a call."""
+    from wyoming_qwen3tts.engine.openvino import codec, encoders, export
+
+    voice, codes, expected = forced_reference("custom_voice")  # before the patches: it exports too
+    convert = export._convert_step
+    monkeypatch.setattr(export, "_convert_step", lambda *args, **kwargs: convert(*args[:5], stateful=True))
+    monkeypatch.setattr(codec, "export_codec", lambda *args, **kwargs: None)
+    monkeypatch.setattr(encoders, "export_encoders", lambda *args, **kwargs: None)
+    old = export.export_model(tiny_models["custom_voice"], tmp_path / "old", "fp32", progress=lambda _: None)
+    layout = CodeLayout.from_config(
+        PromptBuilder.from_model_dir(exported_tables(old), old).model_config["talker_config"], 64
+    )
+    assert not OpenVINOSteps(old, ov.Core(), "CPU", compile_config("CPU", 1), layout).predictor_batches
+    voice, codes, expected = forced_reference("custom_voice")
+    assert_logits_agree(
+        expected, exported_logits(old, "custom_voice", voice, codes), "stateful", 0.999, 0.999
+    )

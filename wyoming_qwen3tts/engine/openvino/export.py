@@ -7,8 +7,12 @@ What it writes, and why each piece has the shape it has:
   its KV cache as OpenVINO state; converted directly from a lean torch step
   (step_graphs.py), not through ONNX, which measured slower per step
   (docs/backends.md).
-- predictor.xml + predictor_head_NN.xml: one code-predictor step (stateful)
-  and its 15 heads, one graph each, so a step reads only the head it needs.
+- predictor.xml + predictor_head_NN.xml: one code-predictor step and its 15
+  heads, one graph each, so a step reads only the head it needs. Its keys and
+  values are explicit inputs and outputs, not state, and it takes any number of
+  rows: the utterances in flight stand at the same predictor position, so one
+  call (one read of its weights) serves them all. (Exports made before kept
+  them as state, one row a call; they still work, row by row.)
 - codec.xml: the codec decoder as a streaming chunk step with explicit state.
 - speaker_encoder.xml, codec_encoder.xml (Base models): what clones a voice.
 - tables/*.npy: the text embedding already passed through the text projection,
@@ -134,14 +138,24 @@ def _save(model: Any, path: Path, weights: str) -> None:
     ov.save_model(model, str(path), compress_to_fp16=weights == "fp16")
 
 
-def _convert_step(module: torch.nn.Module, hidden: int, kv_heads: int, head_dim: int, names: list) -> Any:
-    """Trace a StackStep with dynamic lengths and make each layer's past/present KV pair a state."""
+def _convert_step(
+    module: torch.nn.Module, hidden: int, kv_heads: int, head_dim: int, names: list, stateful: bool = True
+) -> Any:
+    """Trace a StackStep with dynamic lengths.
+
+    stateful: each layer's past/present KV pair becomes OpenVINO state (the talker: one sequence per
+    infer request, updated in place). Otherwise the pairs stay inputs and outputs and the number of
+    rows is dynamic too (the predictor: rows at the same position step together in one call).
+    """
     import openvino as ov
     from openvino._offline_transformations import apply_make_stateful_transformation
 
-    past = [torch.zeros(1, kv_heads, 0, head_dim) for _ in names]
-    example = (torch.randn(1, 3, hidden), *past)
-    shapes = [ov.PartialShape([1, -1, hidden])] + [ov.PartialShape([1, kv_heads, -1, head_dim])] * len(names)
+    rows = 1 if stateful else 2  # traced with 2 rows so that nothing fixes the batch at 1
+    past = [torch.zeros(rows, kv_heads, 0, head_dim) for _ in names]
+    example = (torch.randn(rows, 3, hidden), *past)
+    batch = 1 if stateful else -1
+    shapes = [ov.PartialShape([batch, -1, hidden])]
+    shapes += [ov.PartialShape([batch, kv_heads, -1, head_dim])] * len(names)
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example, input=shapes)
     model.inputs[0].get_tensor().set_names({"embeds"})
@@ -151,7 +165,8 @@ def _convert_step(module: torch.nn.Module, hidden: int, kv_heads: int, head_dim:
         model.outputs[outputs + index].get_tensor().set_names({present_name})
     for index, name in enumerate(("logits", "hidden")[-outputs:]):  # the predictor step has no logits
         model.outputs[index].get_tensor().set_names({name})
-    apply_make_stateful_transformation(model, dict(names))
+    if stateful:
+        apply_make_stateful_transformation(model, dict(names))
     return model
 
 
@@ -160,7 +175,7 @@ def _convert_head(head: torch.nn.Module, width: int) -> Any:
 
     with torch.no_grad():
         model = ov.convert_model(
-            head, example_input=torch.randn(1, width), input=[ov.PartialShape([1, width])]
+            head, example_input=torch.randn(2, width), input=[ov.PartialShape([-1, width])]
         )
     model.inputs[0].get_tensor().set_names({"hidden"})
     model.outputs[0].get_tensor().set_names({"logits"})
@@ -265,6 +280,7 @@ def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str
         stack.kv_heads,
         stack.head_dim,
         kv_names(len(stack.layers)),
+        stateful=False,
     )
     _save(_compress(graph, weights), work / "predictor.xml", weights)
     width = predictor.config.hidden_size

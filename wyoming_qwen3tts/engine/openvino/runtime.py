@@ -1,8 +1,11 @@
 """The OpenVINO backend's steps and tables: compiled talker and predictor graphs, memory-mapped embeddings.
 
 Each utterance owns an infer request of the talker graph: its KV cache is that
-request's OpenVINO state, so utterances interleave step by step as they do on
-the PyTorch backend. Tensors cross the step seam as torch tensors.
+request's OpenVINO state, so utterances at different positions interleave step
+by step. The code predictor's keys and values are explicit inputs instead (a
+frame's are small): the utterances in flight stand at the same predictor
+position, so one call computes all their rows (continuous batching). Tensors
+cross the step seam as torch tensors.
 """
 
 from __future__ import annotations
@@ -78,6 +81,19 @@ class OpenVINOSteps(ModelSteps):
         self.layout = layout
         self._talker = core.compile_model(export_dir / TALKER, device, config)
         self._predictor = core.compile_model(export_dir / PREDICTOR, device, config)
+        # An export whose predictor takes its keys and values as inputs batches its rows (see above);
+        # an older one keeps them as state and runs one row a call.
+        names = {name for port in self._predictor.inputs for name in port.get_names()}
+        self.predictor_batches = "past_key_0" in names
+        self._predictor_kv: list[tuple[str, str, tuple[int, int]]] = []
+        if self.predictor_batches:
+            for port in self._predictor.inputs:
+                name = port.get_any_name()
+                if name.startswith("past_"):
+                    shape = port.get_partial_shape()
+                    kv_shape = (shape[1].get_length(), shape[3].get_length())
+                    self._predictor_kv.append((name, name.replace("past_", "present_", 1), kv_shape))
+            self._predictor_request = self._predictor.create_infer_request()
         heads = sorted(export_dir.glob(HEADS))
         if len(heads) != layout.num_groups - 1:
             raise ValueError(
@@ -102,13 +118,54 @@ class OpenVINOSteps(ModelSteps):
         hidden = torch.from_numpy(cache.get_tensor("hidden").data.copy())
         return logits, hidden
 
-    def new_predictor_cache(self) -> ov.InferRequest:
+    def new_predictor_cache(self) -> Any:
+        if self.predictor_batches:
+            return self.new_predictor_rows(1)
         return self._predictor.create_infer_request()
 
-    def predictor(self, embeds: torch.Tensor, start: int, cache: ov.InferRequest, group: int) -> torch.Tensor:
+    def predictor(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
+        if self.predictor_batches:
+            return self.predictor_rows(embeds, start, cache, group)[0]
         if start == 0:
             cache.reset_state()
         cache.infer({"embeds": embeds.float().numpy()}, share_inputs=True)
         head = self._heads[group]
         head.infer({"hidden": cache.get_tensor("hidden").data[0]}, share_inputs=True)
         return torch.from_numpy(head.get_tensor("logits").data[0].copy())
+
+    def new_predictor_rows(self, rows: int) -> Any:
+        if not self.predictor_batches:
+            return super().new_predictor_rows(rows)
+        return PredictorRows(self._predictor_request, self._predictor_kv, rows)
+
+    def predictor_rows(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
+        if not self.predictor_batches:
+            return super().predictor_rows(embeds, start, cache, group)
+        hidden = cache.step(embeds.float().numpy(), start)
+        head = self._heads[group]
+        head.infer({"hidden": hidden[:, 0]}, share_inputs=True)
+        return torch.from_numpy(head.get_tensor("logits").data.copy())
+
+
+class PredictorRows:
+    """One frame of the code predictor for B rows: their keys and values, carried from step to step.
+
+    The rows start a frame together and stand at the same position, so each step is one call for all.
+    """
+
+    def __init__(self, request: ov.InferRequest, kv: list[tuple[str, str, tuple[int, int]]], rows: int):
+        self._request = request
+        self._kv = kv  # (input, output, (kv heads, head dim)) of each layer's keys and values
+        self._past = {name: np.zeros((rows, *shape[:1], 0, shape[1]), np.float32) for name, _, shape in kv}
+        self._length = 0
+
+    def step(self, embeds: np.ndarray, start: int) -> np.ndarray:
+        """Run embeds [B, n, H] at positions start..; return the hidden states [B, 1, H] (a copy)."""
+        if start != self._length:
+            raise ValueError(f"predictor step at {start}, but its cache holds {self._length} positions")
+        request = self._request
+        request.infer({"embeds": embeds, **self._past}, share_inputs=True)
+        # The next call reuses the output buffers: keep copies.
+        self._past = {name: request.get_tensor(output).data.copy() for name, output, _ in self._kv}
+        self._length += embeds.shape[1]
+        return request.get_tensor("hidden").data.copy()

@@ -46,7 +46,7 @@ class StackStep(nn.Module):
     def forward(self, embeds: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         stack = self.stack
         x = self.projection(embeds)
-        n = x.shape[1]
+        rows, n = x.shape[0], x.shape[1]
         past_len = past[0].shape[2]
         positions = torch.arange(n) + past_len
         cos = self.cos[positions]
@@ -57,7 +57,7 @@ class StackStep(nn.Module):
         half = hd // 2
         present: list[torch.Tensor] = []
         for index, (layer, modules) in enumerate(zip(stack.layers, self.layer_modules, strict=True)):
-            heads = modules["qkv"](layer.input_norm(x)).view(1, n, -1, hd)
+            heads = modules["qkv"](layer.input_norm(x)).view(rows, n, -1, hd)
             qk_heads = layer.q_heads + layer.kv_heads
             qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
             qk = qk.transpose(1, 2)
@@ -75,7 +75,7 @@ class StackStep(nn.Module):
                 attn_mask=mask,
                 scale=stack.scaling,
             )
-            x = x + modules["o"](out.transpose(1, 2).reshape(1, n, -1))
+            x = x + modules["o"](out.transpose(1, 2).reshape(rows, n, -1))
             gate, up = modules["gate_up"](layer.post_norm(x)).split(layer.intermediate, dim=-1)
             x = x + modules["down"](layer.act(gate) * up)
         hidden = stack.norm(x)[:, -1:]
