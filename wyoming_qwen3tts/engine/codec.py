@@ -16,7 +16,9 @@ is a snapshot of immutable tensors, so a voice-clone reference prompt can be dec
 restored at the start of every request that uses it, and concurrent streams share one step.
 
 For the CPU, SnakeBeta runs in place on its own temporaries and the transposed convs as one matrix product
-each (same values up to rounding). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay
+each (same values up to rounding); in float32 TorchCodec also runs the layers of engine/codec_kernels.py
+(1x1, wide and output convs as MKL matrix products, SnakeBeta written straight into the next conv's padded
+input). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay
 for reading all weights (~450 MB in float32) once per call, so 4-8 frames a chunk cost about half as much
 per frame as 1. Keep the codec in float32 on CPUs without native bfloat16 (AVX2): there bf16 convs take
 reference kernels, ~40x slower.
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import codec_kernels as kernels
 from .seams import CodecStep, DecoderState
 
 
@@ -92,7 +95,8 @@ class TorchCodec(CodecStep):
 
     def __init__(self, codec_decoder: Any) -> None:
         """Wrap a Qwen3TTSTokenizerV2Decoder (`Qwen3TTSModel.model.speech_tokenizer.model.decoder`)."""
-        self.graph = CodecGraph(codec_decoder)
+        dtype = next(codec_decoder.parameters()).dtype
+        self.graph = CodecGraph(codec_decoder, cpu_kernels=dtype == torch.float32)
         self.num_quantizers = self.graph.num_quantizers
         self.samples_per_frame = self.graph.samples_per_frame
         self._initial = self.graph.state(0, self.graph.zero_state())
@@ -115,9 +119,13 @@ class CodecGraph(nn.Module):
     *convs, *keys, *values), the state tensors in the order of state_shapes(): the stateful convs in the
     order the decoder runs them, then the keys of each transformer layer, then its values. It never writes
     to its inputs, so TorchCodec calls it eagerly and export_codec converts it to OpenVINO as it is.
+
+    cpu_kernels runs the layers of engine/codec_kernels.py instead (what TorchCodec does in float32): the
+    same values up to float rounding, faster in eager PyTorch on the CPU; the exported graph keeps the
+    decoder's own modules.
     """
 
-    def __init__(self, codec_decoder: Any) -> None:
+    def __init__(self, codec_decoder: Any, cpu_kernels: bool = False) -> None:
         super().__init__()
         config = codec_decoder.config
         self.decoder = codec_decoder
@@ -171,6 +179,20 @@ class CodecGraph(nn.Module):
             if isinstance(module.conv, nn.ConvTranspose1d)
             and module.conv.kernel_size[0] in (module.conv.stride[0], 2 * module.conv.stride[0])
         }
+        self._kernels = cpu_kernels
+        self._snakes: dict[Any, kernels.Snake] = {}
+        self._gemms: dict[Any, kernels.GemmConv] = {}
+        if cpu_kernels:
+            acts = [self._last_act, *(act for act, _up, _units in self._blocks)]
+            acts += [
+                act for _act, _up, units in self._blocks for unit in units for act in (unit.act1, unit.act2)
+            ]
+            self._snakes = {act: kernels.Snake(act) for act in acts}
+            self._gemms = {
+                module: kernels.GemmConv(module.conv)
+                for module in [*convs, self._last_conv]
+                if isinstance(module.conv, nn.Conv1d) and module.conv.groups == 1 and module.stride == 1
+            }
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the state tensors, in forward's order."""
@@ -211,12 +233,20 @@ class CodecGraph(nn.Module):
         for upsample, convnext in self._upsample:
             hidden = self._convnext(convnext, conv(upsample, hidden), carried)
         wav = conv(self._first_conv, hidden)
-        for act, upsample, units in self._blocks:
-            wav = conv(upsample, _snake(act, wav))
-            for unit in units:
-                out = conv(unit.conv1, _snake(unit.act1, wav))
-                wav = conv(unit.conv2, _snake(unit.act2, out)).add_(wav)
-        wav = conv(self._last_conv, _snake(self._last_act, wav))
+        if self._kernels:
+            for act, upsample, units in self._blocks:
+                wav = self._snake_conv(act, upsample, wav, carried)
+                for unit in units:
+                    out = self._snake_conv(unit.act1, unit.conv1, wav, carried)
+                    wav = self._snake_conv(unit.act2, unit.conv2, out, carried, residual=wav)
+            wav = self._snake_conv(self._last_act, self._last_conv, wav, carried)
+        else:
+            for act, upsample, units in self._blocks:
+                wav = conv(upsample, _snake(act, wav))
+                for unit in units:
+                    out = conv(unit.conv1, _snake(unit.act1, wav))
+                    wav = conv(unit.conv2, _snake(unit.act2, out)).add_(wav)
+            wav = conv(self._last_conv, _snake(self._last_act, wav))
         return (wav.clamp(min=-1, max=1).reshape(-1), *carried, *keys, *values)
 
     def _quantized(self, codes: torch.Tensor) -> torch.Tensor:
@@ -241,12 +271,45 @@ class CodecGraph(nn.Module):
             index, context = entry
             x = torch.cat([carried[index], x], dim=-1)
             carried[index] = x[..., -context:].clone()  # a copy: a slice would keep all of x alive
+        return self._padded_conv(module, x)
+
+    def _snake_conv(
+        self,
+        act: Any,
+        module: Any,
+        x: torch.Tensor,
+        carried: list[torch.Tensor],
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """With cpu_kernels: conv(module, snake(x)) (+ residual), the snake written into the padded input."""
+        snake = self._snakes[act]
+        entry = self._context.get(module)
+        if entry is None:
+            padded = snake(x)
+        else:
+            index, context = entry
+            padded = x.new_empty(1, x.shape[1], context + x.shape[2])
+            padded[..., :context] = carried[index]
+            snake(x, out=padded[..., context:])
+            carried[index] = padded[..., -context:].clone()
+        gemm = self._gemms.get(module)
+        if residual is not None and gemm is not None and gemm.kernel == 1:
+            return gemm(padded, residual)
+        out = self._padded_conv(module, padded)
+        return out if residual is None else out.add_(residual)
+
+    def _padded_conv(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+        """A causal (transposed) conv on x [1, C, context + T], its inputs before the chunk's prepended."""
+        entry = self._context.get(module)
         polyphase = self._polyphase.get(module)
         if polyphase is not None:
-            return _run_polyphase(x, *polyphase)
+            return kernels.polyphase(x, *polyphase) if self._kernels else _run_polyphase(x, *polyphase)
+        gemm = self._gemms.get(module)
+        if gemm is not None and gemm.fits(x.shape[-1] - (entry[1] if entry else 0)):
+            return gemm(x)
         if entry is not None and isinstance(module.conv, nn.ConvTranspose1d):
             # Outputs of the context inputs are dropped; the right end is trimmed as upstream does.
-            stride = module.conv.stride[0]
+            context, stride = entry[1], module.conv.stride[0]
             return module.conv(x)[..., context * stride : x.shape[-1] * stride]
         return module.conv(x)
 

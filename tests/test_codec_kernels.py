@@ -1,0 +1,122 @@
+"""engine/codec_kernels.py: each CPU layer gives the values of the module it replaces (float32 rounding).
+
+The whole-graph check runs the tiny random decoder of test_decoder.py through CodecGraph with and without
+cpu_kernels, in uneven chunks; the layer checks use the real codec's channel counts at chunk lengths that
+take each path (the transposed product, im2col, oneDNN, one product per tap).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_decoder import CHUNKS, FRAMES, random_codes, random_decoder
+from torch import nn
+
+from wyoming_qwen3tts.engine import codec_kernels as kernels
+from wyoming_qwen3tts.engine.codec import CodecGraph, TorchCodec, _polyphase_weights, _run_polyphase
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
+    return bool((a - b).abs().max() <= rel * b.abs().max())
+
+
+class _Snake(nn.Module):
+    """Upstream SnakeBeta's parameters and forward (qwen_tts's modeling file), on random parameters."""
+
+    def __init__(self, channels: int, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.alpha = nn.Parameter(0.3 * torch.randn(channels, generator=gen))
+        self.beta = nn.Parameter(0.3 * torch.randn(channels, generator=gen))
+        self.no_div_by_zero = 0.000000001
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = torch.exp(self.alpha.unsqueeze(0).unsqueeze(-1))
+        beta = torch.exp(self.beta.unsqueeze(0).unsqueeze(-1))
+        return x + (1.0 / (beta + self.no_div_by_zero)) * torch.pow(torch.sin(x * alpha), 2)
+
+
+@torch.inference_mode()
+def test_snake_is_upstream_snakebeta_and_writes_into_a_padded_buffer():
+    act = _Snake(96, seed=1)
+    x = torch.randn(1, 96, 500)
+    kept = x.clone()
+    snake = kernels.Snake(act)
+    assert torch.equal(snake(x), act(x))  # the same operations in the same order
+    padded = torch.full((1, 96, 506), 7.0)
+    snake(x, out=padded[..., 6:])
+    assert torch.equal(padded[..., 6:], act(x)) and bool((padded[..., :6] == 7).all())
+    assert torch.equal(x, kept)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "dilation", "length"),
+    [
+        (1024, 1536, 7, 1, 4),  # the first conv, one frame: transposed product
+        (512, 1024, 3, 1, 1),  # the pre-conv
+        (768, 768, 7, 9, 96),  # a wide unit conv of three frames: im2col
+        (96, 96, 7, 3, 1920),  # a narrow, long unit conv: left to oneDNN by fits(), still right here
+        (96, 96, 1, 1, 1920),  # 1x1
+        (96, 1, 7, 1, 1920),  # the output conv: one product per tap
+    ],
+)
+@torch.inference_mode()
+def test_gemm_conv_is_conv1d(c_in, c_out, kernel, dilation, length):
+    torch.manual_seed(3)
+    conv = nn.Conv1d(c_in, c_out, kernel, dilation=dilation)
+    gemm = kernels.GemmConv(conv)
+    x = torch.randn(1, c_in, (kernel - 1) * dilation + length)
+    out = gemm(x)
+    assert out.shape == (1, c_out, length) and out.is_contiguous()
+    assert close(out, conv(x))
+    if kernel == 1:
+        residual = torch.randn(1, c_out, length)
+        expected = conv(x) + residual
+        assert close(gemm(x, residual=residual.clone()), expected)
+    strided = torch.randn(1, c_in, x.shape[-1] + 5)[..., 5:]  # a view into a padded buffer
+    strided.copy_(x)
+    assert close(gemm(strided), conv(x))
+
+
+def test_gemm_conv_fits_the_convs_onednn_runs_slower():
+    wide = kernels.GemmConv(nn.Conv1d(1024, 1536, 7))
+    narrow = kernels.GemmConv(nn.Conv1d(96, 96, 7))
+    assert wide.fits(32) and not narrow.fits(15360)
+    assert kernels.GemmConv(nn.Conv1d(96, 96, 1)).fits(15360)
+    assert kernels.GemmConv(nn.Conv1d(96, 1, 7)).fits(15360)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "length"), [(16, 8, 4), (10, 5, 33), (2, 2, 8)])
+@torch.inference_mode()
+def test_polyphase_is_the_plain_polyphase(kernel, stride, length):
+    torch.manual_seed(4)
+    conv = nn.ConvTranspose1d(48, 24, kernel, stride=stride)
+    weights = _polyphase_weights(conv)
+    x = torch.randn(1, 48, length + (1 if kernel == 2 * stride else 0))
+    assert close(kernels.polyphase(x, *weights), _run_polyphase(x, *weights))
+
+
+@torch.inference_mode()
+def test_graph_with_cpu_kernels_equals_the_plain_graph():
+    decoder = random_decoder()
+    codes = random_codes(FRAMES)
+    graphs = [CodecGraph(decoder), CodecGraph(decoder, cpu_kernels=True)]
+    wavs = []
+    for graph in graphs:
+        state, pieces, start = graph.zero_state(), [], 0
+        for size in CHUNKS:
+            frames = torch.tensor(start)
+            wav, *state = graph(codes[..., start : start + size], frames, *state)
+            pieces.append(wav)
+            start += size
+        wavs.append(torch.cat(pieces))
+    plain, fast = wavs
+    assert plain.std() > 0.05
+    assert (fast - plain).abs().max() < 1e-5
+
+
+def test_torch_codec_uses_the_kernels_in_float32_only():
+    assert TorchCodec(random_decoder()).graph._kernels
+    assert not TorchCodec(random_decoder().to(torch.bfloat16)).graph._kernels

@@ -1,0 +1,110 @@
+"""The codec's layers as eager PyTorch runs them faster on AVX2 (float32): same values up to rounding.
+
+`CodecGraph(decoder, cpu_kernels=True)` (what `TorchCodec` uses in float32) runs these instead of the
+decoder's modules; the graph exported to OpenVINO keeps the plain modules. Measured on 2 cores of an AVX2
+EPYC at the real 0.6B dimensions (docs/speed.md, "Codec on AVX2"):
+
+- `GemmConv`: a causal conv as one matrix product on its already padded input, where that beats
+  oneDNN's conv: 1x1 convs, the 96 -> 1 output conv (one small product per tap), and the convs whose
+  im2col matrix is small, i.e. the wide ones at a chunk's few time steps (the 44 MB 1024 -> 1536 first
+  conv, the pre-conv, the 768-channel units of short chunks). oneDNN reorders its input, weights and output
+  on every call; MKL multiplies the weights in place. The long, narrow convs stay with oneDNN, which runs
+  them near the matrix peak.
+- `Snake`: SnakeBeta with exp(alpha) and 1 / (exp(beta) + eps) taken once at load instead of on every
+  call, computed in place in the conv input's padded buffer, so the carried left context needs no
+  concatenation (the same operations in the same order: bit-identical to the upstream module).
+- `polyphase`: a transposed conv of kernel 2s as two matrix products (current and previous input),
+  without concatenating the shifted input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# A conv whose im2col matrix (kernel * C_in * T floats) stays below this runs as one GEMM; larger ones (the
+# narrow, long 96- to 384-channel units of 3 and more frames) are left to oneDNN, which is faster there.
+IM2COL_MAX_ELEMENTS = 1 << 20
+# Up to this many time steps the product runs as [T, C_in * k] @ W^T: for a weight-bound product of a few
+# columns MKL's W @ cols reads the 44 MB first conv at a third of the speed.
+LINEAR_MAX_STEPS = 64
+
+
+class Snake:
+    """SnakeBeta with its per-channel factors precomputed: `snake(x, out=None)` on x [1, C, T].
+
+    out (a view of shape x's, e.g. the new part of a padded buffer) receives the result; x is never written.
+    """
+
+    def __init__(self, act: Any) -> None:
+        with torch.no_grad():
+            self.alpha = act.alpha.detach().exp()[:, None]
+            self.inverse_beta = 1.0 / (act.beta.detach().exp()[:, None] + act.no_div_by_zero)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        wave = torch.mul(x, self.alpha) if out is None else torch.mul(x, self.alpha, out=out)
+        return wave.sin_().square_().mul_(self.inverse_beta).add_(x)
+
+
+class GemmConv:
+    """A stride-1 Conv1d on its left-padded input x [1, C_in, context + T] -> [1, C_out, T] as MKL GEMMs.
+
+    Kernel 1: W @ x. Few output channels (the last conv): one small product per tap. Otherwise
+    W [C_out, C_in * k] @ im2col [C_in * k, T] (for T <= LINEAR_MAX_STEPS the transposed product), the
+    im2col rows (channel, tap) matching the weight's own layout, so no weight is copied.
+    """
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        weight = conv.weight.detach()
+        self.out_channels, self.in_channels, self.kernel = weight.shape
+        self.dilation = int(conv.dilation[0])
+        self.weight = weight.reshape(self.out_channels, -1)  # a view: [C_out, C_in * k]
+        # Few output channels: one [C_out, C_in] product per tap (tiny copies; none for the others).
+        self.taps = (
+            [weight[:, :, tap].contiguous() for tap in range(self.kernel)] if self.out_channels <= 8 else []
+        )
+        bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(self.out_channels)
+        self.bias = bias[:, None]
+
+    def fits(self, length: int) -> bool:
+        """True if this conv over `length` new steps is better run here than by oneDNN."""
+        if self.kernel == 1 or self.out_channels <= 8:
+            return True
+        return self.kernel * self.in_channels * length <= IM2COL_MAX_ELEMENTS
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv of x; with residual [1, C_out, T] (kernel 1 only) the sum, accumulated into residual."""
+        span = (self.kernel - 1) * self.dilation
+        length = x.shape[-1] - span
+        inputs = x[0] if x.stride(-1) == 1 else x[0].contiguous()
+        if self.kernel == 1:
+            if residual is not None:
+                return residual[0].add_(self.bias).addmm_(self.weight, inputs).unsqueeze(0)
+            return torch.addmm(self.bias, self.weight, inputs).unsqueeze(0)
+        if self.out_channels <= 8:
+            out = torch.addmm(self.bias, self.taps[0], inputs[:, :length])
+            for tap in range(1, self.kernel):
+                start = tap * self.dilation
+                out.addmm_(self.taps[tap], inputs[:, start : start + length])
+            return out.unsqueeze(0)
+        stride = inputs.stride(0)
+        if length <= LINEAR_MAX_STEPS:  # few steps: [T, C_in * k] @ W^T reads W as MKL reads it best
+            rows = inputs.as_strided((length, self.in_channels, self.kernel), (1, stride, self.dilation))
+            out = torch.addmm(self.bias[:, 0], rows.reshape(length, -1), self.weight.t())
+            return out.t().contiguous().unsqueeze(0)
+        cols = inputs.as_strided((self.in_channels, self.kernel, length), (stride, self.dilation, 1))
+        return torch.addmm(self.bias, self.weight, cols.reshape(-1, length)).unsqueeze(0)
+
+
+def polyphase(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
+    """codec._run_polyphase without concatenating the shifted input: x [1, C_in, T (+ 1 past)]."""
+    steps = x[0].t()  # [T, C_in]
+    c_in = steps.shape[1]
+    if matrix.shape[0] == c_in:
+        out = torch.addmm(bias, steps, matrix)
+    else:  # kernel 2s: each step's own taps, then the previous step's
+        out = torch.addmm(bias, steps[1:], matrix[:c_in]).addmm_(steps[:-1], matrix[c_in:])
+    length = out.shape[0]
+    return out.view(length, stride, -1).permute(2, 0, 1).reshape(1, -1, length * stride)
