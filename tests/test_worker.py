@@ -196,24 +196,48 @@ async def test_a_sentence_generated_ahead_waits_without_steps_until_it_is_heard(
     assert engine.steps <= 8
 
 
-async def test_a_full_batch_of_held_sentences_waits_without_spinning_and_lets_the_next_join_later():
+async def test_held_sentences_leave_their_places_to_others_and_nothing_spins():
+    """A client slow to hear its audio must not keep anyone else out: sentences generated ahead and all
+    made wait outside the count of --max-batch, and with nothing else to compute no step runs."""
     engine = _CountingEngine()
     worker = InferenceWorker(max_batch=2)
     try:
         first = worker.speak(engine, "One.", None, "english", ahead=True)  # type: ignore[arg-type]
         second = worker.speak(engine, "Two.", None, "english", ahead=True)  # type: ignore[arg-type]
-        third = worker.speak(engine, "Three.", None, "english")  # type: ignore[arg-type]  # no room yet
+        await asyncio.sleep(0.3)  # both all made and held
+        third = worker.speak(engine, "Three.", None, "english")  # type: ignore[arg-type]
+
+        async def hear() -> bytes:
+            return b"".join([pcm async for pcm in third])
+
+        heard = await asyncio.wait_for(hear(), 10)  # spoken while both places' sentences wait
+        assert len(heard) == 6
+        await asyncio.sleep(0.2)
+        idle_at = engine.steps
         await asyncio.sleep(0.3)
-        stuck_at = engine.steps
-        await asyncio.sleep(0.3)
-        assert engine.steps == stuck_at  # both places held, the third waiting: nothing spins
+        assert engine.steps == idle_at  # only held sentences left: nothing spins
         first.listen()
-        assert len(b"".join([pcm async for pcm in first])) == 6
+        assert len(b"".join([pcm async for pcm in first])) == 6  # nothing lost while held
         second.listen()
         assert len(b"".join([pcm async for pcm in second])) == 6
-        assert len(b"".join([pcm async for pcm in third])) == 6  # joined once a place was free
     finally:
         await worker.aclose()
+
+
+async def test_a_full_batch_of_sentences_still_being_made_keeps_the_next_waiting():
+    engine = _CountingEngine()
+    widths: list[int] = []
+    advance = engine.advance
+    engine.advance = lambda streams: widths.append(len(streams)) or advance(streams)  # type: ignore[method-assign]
+    worker = InferenceWorker(max_batch=1)
+    try:
+        first = worker.speak(engine, "One.", None, "english")  # type: ignore[arg-type]
+        second = worker.speak(engine, "Two.", None, "english")  # type: ignore[arg-type]
+        assert len(b"".join([pcm async for pcm in first])) == 6
+        assert len(b"".join([pcm async for pcm in second])) == 6
+    finally:
+        await worker.aclose()
+    assert widths and max(widths) == 1  # the second joined only once the first had left
 
 
 class _ChunkEngine(Engine):

@@ -158,7 +158,8 @@ class SentenceBatch:
 
     A waiting sentence joins at a frame boundary: its prompt runs as a step of its own (one join per
     frame, so a crowd of new sentences holds the others back by one prompt at a time), then it
-    advances with the rest. A sentence that ends or is cancelled leaves at once.
+    advances with the rest. A sentence that ends or is cancelled leaves at once; one generated ahead
+    and all made waits outside the count of --max-batch until it is heard.
     """
 
     def __init__(self, worker: InferenceWorker, engine: Engine) -> None:
@@ -198,7 +199,13 @@ class SentenceBatch:
         return bool(self.active) and self._all_held() and not self._can_join()
 
     def _can_join(self) -> bool:
-        return bool(self.waiting) and len(self.active) < self.worker.max_batch
+        return bool(self.waiting) and self._stepping() < self.worker.max_batch
+
+    def _stepping(self) -> int:
+        """Sentences that still take a row of the batched steps. A held one (generated ahead, all made,
+        waiting for its turn) takes none: it leaves its place to others, so a client slow to hear its
+        audio never keeps anyone else out of the batch."""
+        return sum(not self._held(audio) for audio in self.active)
 
     def _all_held(self) -> bool:
         return all(self._held(audio) for audio in self.active)
@@ -226,7 +233,7 @@ class SentenceBatch:
                 len(kept),
             )
         self.active = kept
-        while self.waiting and len(self.active) < self.worker.max_batch:
+        while self._can_join():
             audio = self.waiting.popleft()
             if audio.cancelled:
                 continue

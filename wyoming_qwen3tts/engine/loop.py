@@ -187,6 +187,7 @@ class FrameGenerator:
             code0 = self._draw_code0(row)
             if code0 is None:
                 row.done = True
+                row.cache = None  # no talker step follows: its keys and values can go now
             else:
                 codes0.append(code0)
                 live.append(row)
@@ -197,6 +198,7 @@ class FrameGenerator:
             frames[id(row)] = torch.tensor([code0, *rest])
             if row.frames >= row.max_frames:
                 row.done = True  # its last frame: no talker step after it
+                row.cache = None
                 continue
             x = self.tables.codec(torch.tensor([code0]))
             for group, code in enumerate(rest):
