@@ -65,6 +65,15 @@ UPLOAD_PATHS = ("/v1/voices", "/v1/voices/clip", "/v1/voices/preview")
 MODEL_KIND_NAMES = {"base": "Base", "voice_design": "VoiceDesign", "custom_voice": "CustomVoice"}
 
 
+# The form fields a clone or a design is made from, shared by the preview and the save.
+AudioUpload = Annotated[UploadFile | None, File(description="Base models: the recording to clone")]
+StartSeconds = Annotated[float | None, Form(description="where the part to clone starts, in s")]
+EndSeconds = Annotated[float | None, Form(description="where it ends, in s")]
+Transcript = Annotated[str | None, Form(description="the words spoken in that part")]
+XVectorOnly = Annotated[bool, Form(description="use only the speaker embedding")]
+Instruct = Annotated[str | None, Form(description="VoiceDesign models: the voice in words")]
+
+
 class StudioLimits(BaseModel):
     max_bytes: int = Field(description="largest upload, in bytes")
     min_seconds: int = Field(description="shortest part of a recording a voice is made of")
@@ -226,12 +235,12 @@ def studio_routes(studio: Studio) -> APIRouter:
         request: Request,
         input: Annotated[str | None, Form(description="text to speak; default: a sample sentence")] = None,
         language: Annotated[str | None, Form(description="en, de, ...; default: detected")] = None,
-        audio: Annotated[UploadFile | None, File(description="Base models: the recording to clone")] = None,
-        start: Annotated[float | None, Form(description="where the part to clone starts, in s")] = None,
-        end: Annotated[float | None, Form(description="where it ends, in s")] = None,
-        transcript: Annotated[str | None, Form(description="the words spoken in that part")] = None,
-        x_vector_only: Annotated[bool, Form(description="use only the speaker embedding")] = False,
-        instruct: Annotated[str | None, Form(description="VoiceDesign models: the voice in words")] = None,
+        audio: AudioUpload = None,
+        start: StartSeconds = None,
+        end: EndSeconds = None,
+        transcript: Transcript = None,
+        x_vector_only: XVectorOnly = False,
+        instruct: Instruct = None,
     ) -> Response:
         """A sample of a voice before it is saved: cloned from the upload, or designed from instruct."""
         service = state.loaded()
@@ -260,12 +269,12 @@ def studio_routes(studio: Studio) -> APIRouter:
         name: Annotated[str, Form(description="the voice's name: letters, digits, _ . -")],
         language: Annotated[str | None, Form(description="the language it speaks (en, de, ...)")] = None,
         description: Annotated[str | None, Form(description="what clients show for it")] = None,
-        audio: Annotated[UploadFile | None, File(description="Base models: the recording to clone")] = None,
-        start: Annotated[float | None, Form(description="where the part to clone starts, in s")] = None,
-        end: Annotated[float | None, Form(description="where it ends, in s")] = None,
-        transcript: Annotated[str | None, Form(description="the words spoken in that part")] = None,
-        x_vector_only: Annotated[bool, Form(description="use only the speaker embedding")] = False,
-        instruct: Annotated[str | None, Form(description="VoiceDesign models: the voice in words")] = None,
+        audio: AudioUpload = None,
+        start: StartSeconds = None,
+        end: EndSeconds = None,
+        transcript: Transcript = None,
+        x_vector_only: XVectorOnly = False,
+        instruct: Instruct = None,
     ) -> JSONResponse:
         """Save a voice into the voices directory; it is listed (and in `describe`) when this returns."""
         service = state.loaded()
