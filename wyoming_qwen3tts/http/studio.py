@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -65,13 +66,31 @@ UPLOAD_PATHS = ("/v1/voices", "/v1/voices/clip", "/v1/voices/preview")
 MODEL_KIND_NAMES = {"base": "Base", "voice_design": "VoiceDesign", "custom_voice": "CustomVoice"}
 
 
-# The form fields a clone or a design is made from, shared by the preview and the save.
-AudioUpload = Annotated[UploadFile | None, File(description="Base models: the recording to clone")]
-StartSeconds = Annotated[float | None, Form(description="where the part to clone starts, in s")]
-EndSeconds = Annotated[float | None, Form(description="where it ends, in s")]
-Transcript = Annotated[str | None, Form(description="the words spoken in that part")]
-XVectorOnly = Annotated[bool, Form(description="use only the speaker embedding")]
-Instruct = Annotated[str | None, Form(description="VoiceDesign models: the voice in words")]
+@dataclass(frozen=True)
+class VoiceForm:
+    """The form fields a clone or a design is made from, shared by the preview and the save."""
+
+    audio: UploadFile | None
+    start: float | None
+    end: float | None
+    transcript: str | None
+    x_vector_only: bool
+    instruct: str | None
+
+    def said(self) -> str | None:
+        """The transcript a clone is made with: none in x-vector mode (checked otherwise)."""
+        return None if self.x_vector_only else _text(self.transcript, "transcript", MAX_TRANSCRIPT_CHARS)
+
+
+def voice_form(
+    audio: Annotated[UploadFile | None, File(description="Base models: the recording to clone")] = None,
+    start: Annotated[float | None, Form(description="where the part to clone starts, in s")] = None,
+    end: Annotated[float | None, Form(description="where it ends, in s")] = None,
+    transcript: Annotated[str | None, Form(description="the words spoken in that part")] = None,
+    x_vector_only: Annotated[bool, Form(description="use only the speaker embedding")] = False,
+    instruct: Annotated[str | None, Form(description="VoiceDesign models: the voice in words")] = None,
+) -> VoiceForm:
+    return VoiceForm(audio, start, end, transcript, x_vector_only, instruct)
 
 
 class StudioLimits(BaseModel):
@@ -233,14 +252,9 @@ def studio_routes(studio: Studio) -> APIRouter:
     )
     async def preview(
         request: Request,
+        form: Annotated[VoiceForm, Depends(voice_form)],
         input: Annotated[str | None, Form(description="text to speak; default: a sample sentence")] = None,
         language: Annotated[str | None, Form(description="en, de, ...; default: detected")] = None,
-        audio: AudioUpload = None,
-        start: StartSeconds = None,
-        end: EndSeconds = None,
-        transcript: Transcript = None,
-        x_vector_only: XVectorOnly = False,
-        instruct: Instruct = None,
     ) -> Response:
         """A sample of a voice before it is saved: cloned from the upload, or designed from instruct."""
         service = state.loaded()
@@ -249,7 +263,7 @@ def studio_routes(studio: Studio) -> APIRouter:
             service.check_text(text)  # before a clone: it runs the encoders
         except RequestError as err:
             raise api_error(err) from None
-        voice, _ = await _voice(studio, service, audio, start, end, transcript, x_vector_only, instruct)
+        voice, _ = await _voice(studio, service, form)
         asked = ServiceRequest(
             VoiceRequest(language=(language or "").strip() or None),
             text,
@@ -267,14 +281,9 @@ def studio_routes(studio: Studio) -> APIRouter:
     @router.post("/v1/voices", status_code=201)
     async def save(
         name: Annotated[str, Form(description="the voice's name: letters, digits, _ . -")],
+        form: Annotated[VoiceForm, Depends(voice_form)],
         language: Annotated[str | None, Form(description="the language it speaks (en, de, ...)")] = None,
         description: Annotated[str | None, Form(description="what clients show for it")] = None,
-        audio: AudioUpload = None,
-        start: StartSeconds = None,
-        end: EndSeconds = None,
-        transcript: Transcript = None,
-        x_vector_only: XVectorOnly = False,
-        instruct: Instruct = None,
     ) -> JSONResponse:
         """Save a voice into the voices directory; it is listed (and in `describe`) when this returns."""
         service = state.loaded()
@@ -291,11 +300,9 @@ def studio_routes(studio: Studio) -> APIRouter:
         code = _language_code(service, language)
         text_description = _text(description, "description", MAX_DESCRIPTION_CHARS)
         async with studio.writing:
-            voice, reference = await _voice(
-                studio, service, audio, start, end, transcript, x_vector_only, instruct
-            )
+            voice, reference = await _voice(studio, service, form)
             if reference is not None:
-                said = None if x_vector_only else _text(transcript, "transcript", MAX_TRANSCRIPT_CHARS)
+                said = form.said()
                 if said:
                     entry["transcript"] = said
             else:
@@ -459,18 +466,10 @@ async def _read_body(receive: Any, limit: int) -> tuple[bytes, int] | None:
     return b"".join(chunks), size
 
 
-async def _voice(
-    studio: Studio,
-    service: SpeechService,
-    audio: UploadFile | None,
-    start: float | None,
-    end: float | None,
-    transcript: str | None,
-    x_vector_only: bool,
-    instruct: str | None,
-) -> tuple[Voice, bytes | None]:
+async def _voice(studio: Studio, service: SpeechService, form: VoiceForm) -> tuple[Voice, bytes | None]:
     """The voice a preview or a save makes, and for a clone the WAV it is made of."""
     kind = service.model_kind
+    audio, instruct = form.audio, form.instruct
     described = _text(instruct, "instruct", MAX_INSTRUCT_CHARS)
     if kind == "base":
         if described:
@@ -480,8 +479,8 @@ async def _voice(
                 INVALID_REQUEST,
                 "instruct",
             )
-        said = None if x_vector_only else _text(transcript, "transcript", MAX_TRANSCRIPT_CHARS)
-        reference = await studio.audio_of(audio, start, end)
+        said = form.said()
+        reference = await studio.audio_of(audio, form.start, form.end)
         try:
             return await service.clone(reference, said), reference
         except (RequestError, EngineError) as err:
