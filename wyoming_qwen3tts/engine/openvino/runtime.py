@@ -83,16 +83,15 @@ class OpenVINOSteps(ModelSteps):
         self._predictor = core.compile_model(export_dir / PREDICTOR, device, config)
         # An export whose predictor takes its keys and values as inputs batches its rows (see above);
         # an older one keeps them as state and runs one row a call.
-        names = {name for port in self._predictor.inputs for name in port.get_names()}
-        self.predictor_batches = "past_key_0" in names
         self._predictor_kv: list[tuple[str, str, tuple[int, int]]] = []
+        for port in self._predictor.inputs:
+            name = port.get_any_name()
+            if name.startswith("past_"):
+                shape = port.get_partial_shape()
+                kv_shape = (shape[1].get_length(), shape[3].get_length())
+                self._predictor_kv.append((name, name.replace("past_", "present_", 1), kv_shape))
+        self.predictor_batches = bool(self._predictor_kv)
         if self.predictor_batches:
-            for port in self._predictor.inputs:
-                name = port.get_any_name()
-                if name.startswith("past_"):
-                    shape = port.get_partial_shape()
-                    kv_shape = (shape[1].get_length(), shape[3].get_length())
-                    self._predictor_kv.append((name, name.replace("past_", "present_", 1), kv_shape))
             self._predictor_request = self._predictor.create_infer_request()
         heads = sorted(export_dir.glob(HEADS))
         if len(heads) != layout.num_groups - 1:
@@ -156,7 +155,7 @@ class PredictorRows:
     def __init__(self, request: ov.InferRequest, kv: list[tuple[str, str, tuple[int, int]]], rows: int):
         self._request = request
         self._kv = kv  # (input, output, (kv heads, head dim)) of each layer's keys and values
-        self._past = {name: np.zeros((rows, *shape[:1], 0, shape[1]), np.float32) for name, _, shape in kv}
+        self._past = {name: np.zeros((rows, shape[0], 0, shape[1]), np.float32) for name, _, shape in kv}
         self._length = 0
 
     def step(self, embeds: np.ndarray, start: int) -> np.ndarray:
