@@ -676,12 +676,13 @@ def ensure_model(model_dir: Path) -> Path:
         return model_dir
     from fixtures.tiny_model import build_model
 
-    dims = (size or "real-0.6b").removeprefix("real-").upper()
+    size = size or "real-0.6b"  # another directory: built with the 0.6B dimensions
+    dims = size.removeprefix("real-").upper()
     print(
         f"Building a random-weight model with the real {dims} dimensions in {model_dir} (once)",
         file=sys.stderr,
     )
-    return build_model(model_dir, "custom_voice", size=size or "real-0.6b")
+    return build_model(model_dir, "custom_voice", size=size)
 
 
 def table(results: list[dict]) -> str:
@@ -716,6 +717,8 @@ def _run_child(name: str, command: list[str], env: dict[str, str]) -> dict | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wyoming_qwen3tts.engine.openvino.export import WEIGHTS as EXPORT_WEIGHTS
+
     parser = argparse.ArgumentParser(prog="script/benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
@@ -745,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--server-backend",
-        choices=("pytorch", *(f"openvino-{weights}" for weights in ("fp32", "fp16", "int8", "int4"))),
+        choices=("pytorch", *(f"openvino-{weights}" for weights in EXPORT_WEIGHTS)),
         default="pytorch",
         help="the backend of --concurrency and --answer (an OpenVINO export is made once if missing)",
     )
