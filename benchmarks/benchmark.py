@@ -58,6 +58,7 @@ class BenchmarkSetting:
     ipex: bool = False  # --backend ipex
     torch28: bool = False  # run in .venv-ipex (torch 2.8, script/setup --ipex); every ipex row does
     compile: bool = False  # --compile (engine/pytorch/compiled_steps.py); its compiling counts in load s
+    predictor: str = "pytorch"  # --predictor: the code predictor on PyTorch or an OpenVINO export of it
 
     @property
     def backend(self) -> str:
@@ -79,6 +80,7 @@ SETTINGS = {
         BenchmarkSetting("engine-float32-compiled", "engine", "float32", compile=True),
         BenchmarkSetting("engine-bfloat16-compiled", "engine", "bfloat16", compile=True),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
+        BenchmarkSetting("engine-int8-ov-predictor", "engine", "auto", "int8", predictor="openvino-int4"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
         BenchmarkSetting("server-http", "server", "auto", "auto", http=True),
         BenchmarkSetting("openvino-fp16", "engine", "auto", weights="fp16"),
@@ -195,6 +197,8 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         "samples": samples,
         "precision": precision.describe() if precision else setting.dtype,
     }
+    if setting.predictor != "pytorch":
+        result["precision"] += f"; code predictor on OpenVINO ({setting.predictor.removeprefix('openvino-')})"
     if setting.backend == "openvino":
         result["precision"] = openvino_notes(engine, settings, model_dir)
     return result
@@ -215,9 +219,19 @@ def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, thr
     return Settings(
         backend=setting.backend,
         engine=EngineOptions(
-            model=str(model_dir), threads=threads, greedy=True, max_frames=frames, warmup=False
+            model=str(model_dir),
+            threads=threads,
+            greedy=True,
+            max_frames=frames,
+            warmup=False,
+            data_dir=model_dir.parent,  # a predictor export (--predictor openvino-*) beside the others
         ),
-        torch=TorchOptions(dtype=setting.dtype, quantize=setting.quantize, compile=setting.compile),
+        torch=TorchOptions(
+            dtype=setting.dtype,
+            quantize=setting.quantize,
+            compile=setting.compile,
+            predictor=setting.predictor,
+        ),
         openvino=openvino,
     )
 
@@ -255,6 +269,14 @@ def ensure_export(model_dir: Path, weights: str) -> Path:
         command = [sys.executable, "-m", "wyoming_qwen3tts.engine.openvino.export", "--model", str(model_dir)]
         subprocess.run([*command, "--output", str(output), "--weights", weights], check=True)
     return output
+
+
+def ensure_predictor_export(model_dir: Path, predictors: set[str]) -> None:
+    """Make the predictor exports these --predictor values run before any row is timed."""
+    from wyoming_qwen3tts.engine.openvino.predictor import ensure_predictor_export as ensure
+
+    for predictor in sorted(p for p in predictors if p.startswith("openvino-")):
+        ensure(model_dir, model_dir.parent, predictor.removeprefix("openvino-"))
 
 
 def profile_engine(engine, voice, frames: int) -> dict[str, float]:
@@ -313,7 +335,7 @@ def measure_server(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
 
     port, http_port = free_port(), free_port()
     command = server_command(model_dir, port, frames, threads)
-    command += ["--dtype", setting.dtype, "--quantize", setting.quantize]
+    command += ["--dtype", setting.dtype, "--quantize", setting.quantize, "--predictor", setting.predictor]
     if setting.http:
         command += ["--http-uri", f"tcp://127.0.0.1:{http_port}"]
     if setting.ipex:
@@ -587,6 +609,7 @@ def server_command(
     """`python -m wyoming_qwen3tts` on loopback, greedy, with the benchmark's frame cap and threads."""
     command = [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(model_dir)]
     command += ["--uri", f"tcp://127.0.0.1:{port}", "--threads", str(threads), "--greedy"]
+    command += ["--data-dir", str(model_dir.parent)]  # where a predictor export is made and found
     return [*command, "--max-frames", str(frames), *extra]
 
 
@@ -807,6 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for weights in sorted({SETTINGS[n].weights for n in names} - {""}):
         ensure_export(model_dir, weights)
+    ensure_predictor_export(model_dir, {SETTINGS[n].predictor for n in names})
     results, skipped = [], 0
     for name in names:
         python = SETTINGS[name].python or Path(sys.executable)

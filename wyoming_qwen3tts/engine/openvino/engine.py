@@ -93,6 +93,13 @@ def find_export(
         raise EngineError(
             f"{err}; make it again with: {export_command(model, export_dir)}", "no-export"
         ) from None
+    if manifest.get("parts", "all") != "all":
+        raise EngineError(
+            f"{export_dir} holds only the code predictor (made for the pytorch backend's --predictor "
+            f"openvino-*), not every graph --backend openvino runs; make a full export with: "
+            f"{export_command(model, export_dir.with_name(export_dir.name + '-all'))}",
+            "no-export",
+        )
     source = manifest["source"]
     if model_dir is not None:
         if source_fingerprint(model_dir, source) != source["fingerprint"]:

@@ -21,6 +21,9 @@ What it writes, and why each piece has the shape it has:
 - the model's configs and tokenizer files, and manifest.json, which names the
   source model's fingerprint and the options; the server refuses an export
   that does not match the model it is asked to serve.
+With --parts predictor only the code predictor, its heads, the configs and the
+manifest are written: what the PyTorch backend's --predictor openvino-* runs
+beside its own talker and codec (engine/split_steps.py).
 Weights: int8 (symmetric, per channel; the default), int4 (symmetric, groups
 of 128, heads kept int8), fp16 or fp32, by NNCF on the transformer steps; the
 codec keeps float weights (fp16 storage; fp32 in an fp32 export).
@@ -49,6 +52,7 @@ _LOGGER = logging.getLogger(__name__)
 
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
 DEFAULT_WEIGHTS = "int8"
+PARTS = ("all", "predictor")  # every graph, or the code predictor alone
 MANIFEST = "manifest.json"
 FORMAT = 1  # bump when the files an export holds change meaning
 MAX_POSITIONS = 8192  # talker positions in the rotary table, as the PyTorch backend
@@ -195,21 +199,50 @@ def _text_table(talker: Any, dtype: np.dtype, path: Path) -> None:
     del table
 
 
+def _export_talker(talker: Any, weights: str, table_dtype: np.dtype, work: Path, say: Callable) -> None:
+    """The embedding tables and the talker step."""
+    from ..pytorch.steps import DecoderStack, _rotary_table
+    from .step_graphs import StackStep, kv_names
+
+    say("embedding tables (every text token through the text projection)")
+    (work / "tables").mkdir()
+    _text_table(talker, table_dtype, work / "tables" / "text.npy")
+    np.save(work / "tables" / "codec.npy", talker.get_input_embeddings().weight.numpy().astype(table_dtype))
+    predictor_tables = torch.stack([e.weight for e in talker.code_predictor.get_input_embeddings()])
+    np.save(work / "tables" / "predictor_codec.npy", predictor_tables.numpy().astype(table_dtype))
+
+    say(f"talker step ({len(talker.model.layers)} layers, {weights} weights)")
+    cos, sin = _rotary_table(talker.model.rotary_emb, MAX_POSITIONS, torch.float32, rows=3)
+    stack = DecoderStack(talker.model.layers, talker.model.norm, cos, sin)
+    names = kv_names(len(stack.layers))
+    graph = _convert_step(
+        StackStep(stack, talker.codec_head, None).eval(),
+        talker.config.hidden_size,
+        stack.kv_heads,
+        stack.head_dim,
+        names,
+    )
+    _save(_compress(graph, weights), work / "talker.xml", weights)
+    del graph, stack
+
+
 def export_model(
     model_dir: Path,
     output: Path,
     weights: str = DEFAULT_WEIGHTS,
     progress: Callable[[str], None] = print,
+    parts: str = "all",
 ) -> Path:
-    """Export the checkpoint in model_dir to output (written beside, then moved into place)."""
+    """Export the checkpoint in model_dir to output (written beside, then moved into place); parts
+    "predictor" writes only the code predictor (see the module docstring)."""
     with warnings.catch_warnings():
         # Tracing compares a second run with the first and warns of float rounding: nothing to act on.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*trace might not generalize.*")
-        return _export(model_dir, output, weights, progress)
+        return _export(model_dir, output, weights, progress, parts)
 
 
-def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str], None]) -> Path:
+def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str], None], parts: str) -> Path:
     import nncf
     import openvino as ov
 
@@ -221,8 +254,11 @@ def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str
 
     if weights not in WEIGHTS:
         raise ExportError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
+    if parts not in PARTS:
+        raise ExportError(f"--parts {parts!r}: choose one of {', '.join(PARTS)}")
+    everything = parts == "all"
     started = time.monotonic()
-    kind_steps = 7
+    kind_steps = 7 if everything else 3
     step = iter(range(1, kind_steps + 1))
 
     def say(text: str) -> None:
@@ -230,7 +266,7 @@ def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str
 
     work = output.with_name(output.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    (work / "tables").mkdir(parents=True)
+    work.mkdir(parents=True)
 
     say(f"loading {model_dir} and fingerprinting its weights")
     fingerprint = source_fingerprint(model_dir)
@@ -249,26 +285,8 @@ def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str
             ]
         )
 
-    say("embedding tables (every text token through the text projection)")
-    _text_table(talker, table_dtype, work / "tables" / "text.npy")
-    np.save(work / "tables" / "codec.npy", talker.get_input_embeddings().weight.numpy().astype(table_dtype))
-    predictor_tables = torch.stack([e.weight for e in predictor.get_input_embeddings()])
-    np.save(work / "tables" / "predictor_codec.npy", predictor_tables.numpy().astype(table_dtype))
-
-    say(f"talker step ({len(talker.model.layers)} layers, {weights} weights)")
-    cos, sin = _rotary_table(talker.model.rotary_emb, MAX_POSITIONS, torch.float32, rows=3)
-    stack = DecoderStack(talker.model.layers, talker.model.norm, cos, sin)
-    names = kv_names(len(stack.layers))
-    graph = _convert_step(
-        StackStep(stack, talker.codec_head, None).eval(),
-        talker.config.hidden_size,
-        stack.kv_heads,
-        stack.head_dim,
-        names,
-    )
-    _save(_compress(graph, weights), work / "talker.xml", weights)
-    del graph, stack
-
+    if everything:
+        _export_talker(talker, weights, table_dtype, work, say)
     say(f"code predictor step and its {len(predictor.lm_head)} heads")
     groups = talker.config.num_code_groups
     cos, sin = _rotary_table(predictor.model.rotary_emb, groups + 1, torch.float32, rows=None)
@@ -294,18 +312,19 @@ def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str
         )
     del graph, stack
 
-    say("codec decoder (streaming chunk step)")
-    # The codec is bound by compute, not by reading weights: int8 saved no time and cost ~20 dB of SNR on
-    # the random-weight codec (engine/openvino/codec.py), so it stays in float (fp16 storage).
-    export_codec(model.speech_tokenizer.model.decoder, work, "fp32" if weights == "fp32" else "fp16")
+    if everything:
+        say("codec decoder (streaming chunk step)")
+        # The codec is bound by compute, not by reading weights: int8 saved no time and cost ~20 dB of SNR
+        # on the random-weight codec (engine/openvino/codec.py), so it stays in float (fp16 storage).
+        export_codec(model.speech_tokenizer.model.decoder, work, "fp32" if weights == "fp32" else "fp16")
 
-    if kind == "base":
-        from .encoders import export_encoders
+        if kind == "base":
+            from .encoders import export_encoders
 
-        say("speaker encoder and reference-audio encoder (voice cloning)")
-        export_encoders(model, work)
-    else:
-        say("no voice-cloning encoders (not a Base model)")
+            say("speaker encoder and reference-audio encoder (voice cloning)")
+            export_encoders(model, work)
+        else:
+            say("no voice-cloning encoders (not a Base model)")
 
     say("configs, tokenizer and manifest")
     for name in COPIED_FILES:
@@ -314,6 +333,7 @@ def _export(model_dir: Path, output: Path, weights: str, progress: Callable[[str
     manifest = {
         "format": FORMAT,
         "weights": weights,
+        "parts": parts,
         "model_kind": kind,
         "max_positions": MAX_POSITIONS,
         "source": {
@@ -362,12 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weights", default=DEFAULT_WEIGHTS, choices=WEIGHTS, help="weight format (default int8)"
     )
+    parser.add_argument(
+        "--parts",
+        default="all",
+        choices=PARTS,
+        help="all graphs (for --backend openvino), or the code predictor alone (for --predictor openvino-*)",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where model ids are looked for")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
         model_dir = resolve_model_dir(args.model, args.data_dir)
-        export_model(model_dir, args.output, args.weights)
+        export_model(model_dir, args.output, args.weights, parts=args.parts)
     except (ModelError, ExportError) as err:
         print(f"wyoming-qwen3tts-export-openvino: error: {err}", file=sys.stderr)
         return 2

@@ -72,15 +72,17 @@ def exported_tables(export_dir: Path) -> StoredEmbeddingTables:
     return StoredEmbeddingTables(load("text.npy"), load("codec.npy"), list(predictor))
 
 
-class OpenVINOSteps(ModelSteps):
-    """The exported talker and code predictor, compiled for one device."""
+class OpenVINOPredictor:
+    """The exported code predictor and its heads, compiled for one device: the predictor half of the
+    step interface (ModelSteps), served alone beside the PyTorch talker (engine/split_steps.py) or in
+    OpenVINOSteps."""
 
     def __init__(
         self, export_dir: Path, core: ov.Core, device: str, config: dict[str, Any], layout: CodeLayout
     ) -> None:
         self.layout = layout
-        self._talker = core.compile_model(export_dir / TALKER, device, config)
         self._predictor = core.compile_model(export_dir / PREDICTOR, device, config)
+        self.precision = compiled_precision(self._predictor)  # what the steps really compute in
         # An export whose predictor takes its keys and values as inputs batches its rows (see above);
         # an older one keeps them as state and runs one row a call.
         self._predictor_kv: list[tuple[str, str, tuple[int, int]]] = []
@@ -100,22 +102,6 @@ class OpenVINOSteps(ModelSteps):
             )
         # Heads hold no state: one request each serves every utterance.
         self._heads = [core.compile_model(path, device, config).create_infer_request() for path in heads]
-        self.precision = compiled_precision(self._talker)  # what the steps really compute in
-
-    def new_talker_cache(self, max_len: int) -> ov.InferRequest:
-        if max_len > self.layout.max_positions:
-            raise ValueError(f"{max_len} positions exceed the rotary table of {self.layout.max_positions}")
-        return self._talker.create_infer_request()
-
-    def talker(
-        self, embeds: torch.Tensor, start: int, cache: ov.InferRequest
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if start == 0:
-            cache.reset_state()
-        cache.infer({"embeds": embeds.float().numpy()}, share_inputs=True)
-        logits = torch.from_numpy(cache.get_tensor("logits").data[0].copy())
-        hidden = torch.from_numpy(cache.get_tensor("hidden").data.copy())
-        return logits, hidden
 
     def new_predictor_cache(self) -> Any:
         if self.predictor_batches:
@@ -134,16 +120,58 @@ class OpenVINOSteps(ModelSteps):
 
     def new_predictor_rows(self, rows: int) -> Any:
         if not self.predictor_batches:
-            return super().new_predictor_rows(rows)
+            return [self.new_predictor_cache() for _ in range(rows)]
         return PredictorRows(self._predictor_request, self._predictor_kv, rows)
 
     def predictor_rows(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
         if not self.predictor_batches:
-            return super().predictor_rows(embeds, start, cache, group)
+            return torch.stack(
+                [self.predictor(embeds[row : row + 1], start, cache[row], group) for row in range(len(cache))]
+            )
         hidden = cache.step(embeds.float().numpy(), start)
         head = self._heads[group]
         head.infer({"hidden": hidden[:, 0]}, share_inputs=True)
         return torch.from_numpy(head.get_tensor("logits").data.copy())
+
+
+class OpenVINOSteps(ModelSteps):
+    """The exported talker and code predictor, compiled for one device."""
+
+    def __init__(
+        self, export_dir: Path, core: ov.Core, device: str, config: dict[str, Any], layout: CodeLayout
+    ) -> None:
+        self.layout = layout
+        self._talker = core.compile_model(export_dir / TALKER, device, config)
+        self.code_predictor = OpenVINOPredictor(export_dir, core, device, config, layout)
+        self.predictor_batches = self.code_predictor.predictor_batches
+        self.precision = compiled_precision(self._talker)  # what the steps really compute in
+
+    def new_talker_cache(self, max_len: int) -> ov.InferRequest:
+        if max_len > self.layout.max_positions:
+            raise ValueError(f"{max_len} positions exceed the rotary table of {self.layout.max_positions}")
+        return self._talker.create_infer_request()
+
+    def talker(
+        self, embeds: torch.Tensor, start: int, cache: ov.InferRequest
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if start == 0:
+            cache.reset_state()
+        cache.infer({"embeds": embeds.float().numpy()}, share_inputs=True)
+        logits = torch.from_numpy(cache.get_tensor("logits").data[0].copy())
+        hidden = torch.from_numpy(cache.get_tensor("hidden").data.copy())
+        return logits, hidden
+
+    def new_predictor_cache(self) -> Any:
+        return self.code_predictor.new_predictor_cache()
+
+    def predictor(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
+        return self.code_predictor.predictor(embeds, start, cache, group)
+
+    def new_predictor_rows(self, rows: int) -> Any:
+        return self.code_predictor.new_predictor_rows(rows)
+
+    def predictor_rows(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
+        return self.code_predictor.predictor_rows(embeds, start, cache, group)
 
 
 class PredictorRows:

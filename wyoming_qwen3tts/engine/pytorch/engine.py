@@ -25,7 +25,8 @@ from ..options import EngineOptions
 from ..pipeline import EngineParts, PipelineEngine, to_pcm16
 from ..prompt import PromptBuilder, TorchEmbeddingTables
 from ..qwen_import import import_qwen_tts
-from ..seams import CloneReference, ReferenceEncoder
+from ..seams import CloneReference, ModelSteps, ReferenceEncoder
+from ..split_steps import SplitSteps
 from .compiled_steps import compile_if_useful
 from .options import TorchOptions
 from .precision import Precision, choose_precision
@@ -56,12 +57,15 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype, keep: tuple[torch.nn.Modu
             tensor.data = tensor.data.to(dtype)
 
 
-def apply_precision(model: Any, precision: Precision, kernel: LinearFactory | None = None) -> TorchSteps:
+def apply_precision(
+    model: Any, precision: Precision, kernel: LinearFactory | None = None, predictor: bool = True
+) -> TorchSteps:
     """Give each part of a loaded model the formats precision names (see precision.py).
 
     Returns the steps, which take over (and, for int8, quantize) the talker's
     and code predictor's projections; kernel, if given, makes each of them
-    (another backend's layers) instead of quantize.py's.
+    (another backend's layers) instead of quantize.py's. predictor False: another backend runs the code
+    predictor, whose weights are released.
     """
     talker = model.talker
     # The text embedding (151936 x 2048) and its projection only build prompts: they keep the load dtype.
@@ -85,7 +89,7 @@ def apply_precision(model: Any, precision: Precision, kernel: LinearFactory | No
         pages.release()
         return converted
 
-    return TorchSteps(model, make_linear)
+    return TorchSteps(model, make_linear, predictor=predictor)
 
 
 class TorchReferenceEncoder(ReferenceEncoder):
@@ -111,8 +115,11 @@ class PyTorchEngine(PipelineEngine):
     def _choose_precision(self, options: TorchOptions) -> Precision:
         return choose_precision(options)
 
-    def _steps(self, model: Any) -> TorchSteps:
-        return apply_precision(model, self.precision)
+    def _choose_predictor(self, options: TorchOptions) -> str:
+        return options.predictor
+
+    def _steps(self, model: Any, predictor: bool = True) -> TorchSteps:
+        return apply_precision(model, self.precision, predictor=predictor)
 
     def _compile(self, steps: TorchSteps) -> str:
         """--compile: what it did, for the load log line."""
@@ -125,6 +132,13 @@ class PyTorchEngine(PipelineEngine):
             self.precision = self._choose_precision(torch_options)
         except ValueError as err:
             raise EngineError(str(err), "bad-settings") from None
+        self.predictor = self._choose_predictor(torch_options)
+        predictor_export = None
+        if self.predictor != "pytorch":  # before the model is loaded: the exporter's memory is its own
+            from ..openvino.predictor import ensure_predictor_export
+
+            weights = self.predictor.removeprefix("openvino-")
+            predictor_export = ensure_predictor_export(model_dir, options.data_dir, weights)
         started = time.monotonic()
         tts = qwen_tts.Qwen3TTSModel.from_pretrained(
             str(model_dir),
@@ -132,10 +146,16 @@ class PyTorchEngine(PipelineEngine):
             attn_implementation=torch_options.attn,
         )
         model = tts.model.eval()
-        steps = self._steps(model)
+        torch_steps = self._steps(model, predictor=predictor_export is None)
         description = f"{self.precision.describe()}; {threads} threads"
         if torch_options.compile:
-            description += f"; {self._compile(steps)}"
+            description += f"; {self._compile(torch_steps)}"
+        steps: ModelSteps = torch_steps
+        if predictor_export is not None:
+            from ..openvino.predictor import load_predictor
+
+            steps = SplitSteps(torch_steps, load_predictor(predictor_export, torch_steps.layout, threads))
+            description += f"; code predictor on OpenVINO ({self.predictor.removeprefix('openvino-')})"
         base = model.tts_model_type == "base"
         encoders = [
             ("speaker_encoder", model.speaker_encoder),

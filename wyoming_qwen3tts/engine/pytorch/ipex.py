@@ -138,12 +138,20 @@ class IpexEngine(PyTorchEngine):
     def _choose_precision(self, options: TorchOptions) -> Precision:
         return choose_ipex_precision(options)
 
-    def _steps(self, model: Any) -> TorchSteps:
+    def _choose_predictor(self, options: TorchOptions) -> str:
+        """IPEX's kernels run the predictor too (this environment has torch 2.8 and no OpenVINO)."""
+        if options.predictor != "pytorch":
+            raise EngineError(
+                f"--predictor {options.predictor} runs with --backend pytorch, not ipex", "bad-settings"
+            )
+        return "pytorch"
+
+    def _steps(self, model: Any, predictor: bool = True) -> TorchSteps:
         if self.precision.int8_kernel == WOQ_INT8:
             kernel = weight_only_int8_linears(self._ipex)
         else:
             kernel = optimized_linears(self._ipex, getattr(torch, self.precision.compute_dtype))
-        return apply_precision(model, self.precision, kernel)
+        return apply_precision(model, self.precision, kernel, predictor=predictor)
 
     def _compile(self, steps: TorchSteps) -> str:
         _LOGGER.warning("--compile skipped: it applies to --backend pytorch; IPEX runs its own kernels")

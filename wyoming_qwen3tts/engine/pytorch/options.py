@@ -15,6 +15,8 @@ from ..options import DTYPE
 
 ATTENTIONS = ("sdpa", "eager")
 QUANTIZE = ("auto", "none", "int8")
+# Where the code predictor runs: PyTorch beside the talker, or an OpenVINO export of it in these weights.
+PREDICTORS = ("pytorch", "openvino-int4", "openvino-int8", "openvino-fp16", "openvino-fp32")
 IPEX_TORCH = "2.8."  # intel-extension-for-pytorch 2.8.0, its last release, runs on torch 2.8.x only
 
 
@@ -26,6 +28,7 @@ class TorchOptions:
     attn: str = "sdpa"  # attention implementation while loading
     quantize: str = "auto"  # auto: int8 where this CPU has a fast int8 kernel
     compile: bool = False  # torch.compile the float talker/predictor steps (compiled_steps.py)
+    predictor: str = "pytorch"  # PREDICTORS: beside the talker, or an OpenVINO export of it
 
     def resolved_dtype(self, native_bf16: bool | None = None) -> str:
         """The dtype to load with: "auto" is bfloat16 where this CPU has native bf16, else float32."""
@@ -64,6 +67,15 @@ TORCH_FLAGS = FlagGroup(
             "needs a C++ compiler",
             boolean,
             action=argparse.BooleanOptionalAction,
+        ),
+        Flag(
+            "predictor",
+            ("QWEN3TTS_PREDICTOR",),
+            "where the code predictor runs: pytorch, or an OpenVINO export of it made once in --data-dir "
+            "(openvino-int4: a quarter faster on CPUs with AVX512-VNNI or AMX, at a cost in fidelity: "
+            "docs/speed.md)",
+            choice(PREDICTORS),
+            choices=PREDICTORS,
         ),
     ),
 )

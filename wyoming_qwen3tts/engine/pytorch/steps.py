@@ -281,11 +281,16 @@ class TorchSteps(ModelSteps):
     """The talker and code predictor of a loaded qwen-tts model, behind the step interface.
 
     Takes over the model's projections (and heads): after this, qwen-tts's own
-    generate() no longer runs on that model.
+    generate() no longer runs on that model. With predictor False the code predictor's layers and heads
+    are released instead (another backend runs it: engine/split_steps.py) and only the talker steps.
     """
 
     def __init__(
-        self, model: nn.Module, make_linear: LinearFactory = keep_float, max_positions: int = 8192
+        self,
+        model: nn.Module,
+        make_linear: LinearFactory = keep_float,
+        max_positions: int = 8192,
+        predictor: bool = True,
     ) -> None:
         talker = model.talker
         config = talker.config
@@ -297,21 +302,28 @@ class TorchSteps(ModelSteps):
         )
         # The heads are replaced in the model too, so the originals are released.
         talker.codec_head = self.codec_head = make_linear(talker.codec_head)
-        predictor = talker.code_predictor
-        self.predictor_heads = [make_linear(head) for head in predictor.lm_head]
-        predictor.lm_head = nn.ModuleList(self.predictor_heads)
-        projection = predictor.small_to_mtp_projection
-        if isinstance(projection, nn.Linear):
-            predictor.small_to_mtp_projection = projection = make_linear(projection)
-        self.to_predictor = projection
+        code_predictor = talker.code_predictor
         dtype = talker.model.norm.weight.dtype
         self.dtype = dtype
         with torch.inference_mode():
             cos, sin = _rotary_table(talker.model.rotary_emb, max_positions, dtype, rows=3)
             self.talker_stack = DecoderStack(talker.model.layers, talker.model.norm, cos, sin, make_linear)
-            cos, sin = _rotary_table(predictor.model.rotary_emb, self.layout.num_groups + 1, dtype, rows=None)
+        if not predictor:
+            code_predictor.model.layers = nn.ModuleList()
+            code_predictor.lm_head = nn.ModuleList()
+            code_predictor.small_to_mtp_projection = nn.Identity()
+            return
+        self.predictor_heads = [make_linear(head) for head in code_predictor.lm_head]
+        code_predictor.lm_head = nn.ModuleList(self.predictor_heads)
+        projection = code_predictor.small_to_mtp_projection
+        if isinstance(projection, nn.Linear):
+            code_predictor.small_to_mtp_projection = projection = make_linear(projection)
+        self.to_predictor = projection
+        predictor_model = code_predictor.model
+        with torch.inference_mode():
+            cos, sin = _rotary_table(predictor_model.rotary_emb, self.layout.num_groups + 1, dtype, rows=None)
             self.predictor_stack = DecoderStack(
-                predictor.model.layers, predictor.model.norm, cos, sin, make_linear
+                predictor_model.layers, predictor_model.norm, cos, sin, make_linear
             )
 
     def new_talker_cache(self, max_len: int) -> KVCache:
