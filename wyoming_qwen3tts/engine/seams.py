@@ -209,11 +209,7 @@ class ModelSteps(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One token for each of B utterances: embeds [B, 1, H], each at its own position with its own
         cache. Returns logits [B, vocab] (float32) and hidden states [B, 1, H]."""
-        results = [
-            self.talker(embeds[row : row + 1], start, cache)
-            for row, (start, cache) in enumerate(zip(starts, caches, strict=True))
-        ]
-        return torch.stack([logits for logits, _ in results]), torch.cat([hidden for _, hidden in results])
+        return talker_row_by_row(self.talker, embeds, starts, caches)
 
     def new_predictor_rows(self, rows: int) -> Any:
         """A code-predictor cache for one frame of `rows` utterances that step together."""
@@ -224,6 +220,17 @@ class ModelSteps(ABC):
         return torch.stack(
             [self.predictor(embeds[row : row + 1], start, cache[row], group) for row in range(len(cache))]
         )
+
+
+def talker_row_by_row(
+    talker: Any, embeds: torch.Tensor, starts: list[int], caches: list[Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """talker_rows for a talker that steps one row a call: each row in turn, the results stacked."""
+    results = [
+        talker(embeds[row : row + 1], start, cache)
+        for row, (start, cache) in enumerate(zip(starts, caches, strict=True))
+    ]
+    return torch.stack([logits for logits, _ in results]), torch.cat([hidden for _, hidden in results])
 
 
 class EmbeddingTables(ABC):

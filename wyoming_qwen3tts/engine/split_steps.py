@@ -1,4 +1,4 @@
-"""The step interface from two backends: the talker of one, the code predictor of another.
+"""The step interface from two halves: a talker and a code predictor, possibly of two backends.
 
 No backend runs every part fastest on every CPU: on CPUs with AVX512-VNNI or AMX, OpenVINO's int4
 code predictor was measured a quarter faster than PyTorch's int8 one, while PyTorch's talker is as fast
@@ -12,7 +12,21 @@ from typing import Any, Protocol
 
 import torch
 
-from .seams import ModelSteps
+from .seams import CodeLayout, ModelSteps
+
+
+class TalkerSteps(Protocol):
+    """The talker half of ModelSteps (what TorchSteps and OpenVINOTalker both have)."""
+
+    layout: CodeLayout
+
+    def new_talker_cache(self, max_len: int) -> Any: ...
+
+    def talker(self, embeds: torch.Tensor, start: int, cache: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def talker_rows(
+        self, embeds: torch.Tensor, starts: list[int], caches: list[Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class CodePredictor(Protocol):
@@ -30,7 +44,7 @@ class CodePredictor(Protocol):
 class SplitSteps(ModelSteps):
     """Talker steps of `talker`, code-predictor steps of `predictor`."""
 
-    def __init__(self, talker: ModelSteps, predictor: CodePredictor) -> None:
+    def __init__(self, talker: TalkerSteps, predictor: CodePredictor) -> None:
         self.layout = talker.layout
         self.talker_steps = talker
         self.code_predictor = predictor

@@ -18,7 +18,8 @@ import openvino as ov
 import torch
 
 from ..prompt import StoredEmbeddingTables
-from ..seams import CodeLayout, ModelSteps
+from ..seams import CodeLayout, talker_row_by_row
+from ..split_steps import SplitSteps
 
 TALKER = "talker.xml"
 PREDICTOR = "predictor.xml"
@@ -134,16 +135,14 @@ class OpenVINOPredictor:
         return torch.from_numpy(head.get_tensor("logits").data.copy())
 
 
-class OpenVINOSteps(ModelSteps):
-    """The exported talker and code predictor, compiled for one device."""
+class OpenVINOTalker:
+    """The exported talker, compiled for one device: each sentence's infer request holds its KV state."""
 
     def __init__(
         self, export_dir: Path, core: ov.Core, device: str, config: dict[str, Any], layout: CodeLayout
     ) -> None:
         self.layout = layout
         self._talker = core.compile_model(export_dir / TALKER, device, config)
-        self.code_predictor = OpenVINOPredictor(export_dir, core, device, config, layout)
-        self.predictor_batches = self.code_predictor.predictor_batches
         self.precision = compiled_precision(self._talker)  # what the steps really compute in
 
     def new_talker_cache(self, max_len: int) -> ov.InferRequest:
@@ -161,17 +160,24 @@ class OpenVINOSteps(ModelSteps):
         hidden = torch.from_numpy(cache.get_tensor("hidden").data.copy())
         return logits, hidden
 
-    def new_predictor_cache(self) -> Any:
-        return self.code_predictor.new_predictor_cache()
+    def talker_rows(
+        self, embeds: torch.Tensor, starts: list[int], caches: list[ov.InferRequest]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Rows at different positions cannot share a stateful request (docs/backends.md): one by one.
+        return talker_row_by_row(self.talker, embeds, starts, caches)
 
-    def predictor(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
-        return self.code_predictor.predictor(embeds, start, cache, group)
 
-    def new_predictor_rows(self, rows: int) -> Any:
-        return self.code_predictor.new_predictor_rows(rows)
+class OpenVINOSteps(SplitSteps):
+    """The exported talker and code predictor, compiled for one device."""
 
-    def predictor_rows(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
-        return self.code_predictor.predictor_rows(embeds, start, cache, group)
+    def __init__(
+        self, export_dir: Path, core: ov.Core, device: str, config: dict[str, Any], layout: CodeLayout
+    ) -> None:
+        talker = OpenVINOTalker(export_dir, core, device, config, layout)
+        predictor = OpenVINOPredictor(export_dir, core, device, config, layout)
+        super().__init__(talker, predictor)
+        self.predictor_batches = predictor.predictor_batches
+        self.precision = talker.precision
 
 
 class PredictorRows:

@@ -74,8 +74,8 @@ def apply_precision(
     if precision.int8_kernel:
         # Quantized straight from the loaded weights: casting them to float32 first would double the
         # peak memory of loading for weights that are about to become int8.
-        predictor = talker.code_predictor
-        stacks = (talker.model.layers, predictor.model.layers, predictor.lm_head, talker.codec_head)
+        code_predictor = talker.code_predictor
+        stacks = (talker.model.layers, code_predictor.model.layers, code_predictor.lm_head, talker.codec_head)
         keep += tuple(m for stack in stacks for m in stack.modules() if isinstance(m, torch.nn.Linear))
     pages = CheckpointPages()  # what transformers mapped; from here on its pages are only read
     _cast(model, getattr(torch, precision.compute_dtype), keep=keep)
