@@ -132,3 +132,17 @@ def test_the_server_speaks_with_the_openvino_predictor(tiny_models, tmp_path):
             log = server.stop()
         assert "code predictor on OpenVINO (int4)" in log
         assert ("Exporting the code predictor" in log) == (start == "first"), log[-2000:]
+
+
+def test_a_failed_export_says_what_failed_and_how_to_go_on(tiny_models, tmp_path):
+    """A model the exporter cannot read: one EngineError naming the failure and --predictor pytorch."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        (broken / name).write_bytes((tiny_models["custom_voice"] / name).read_bytes())  # no weights
+    with pytest.raises(EngineError) as caught:
+        ensure_predictor_export(broken, tmp_path / "data", "int4")
+    message = str(caught.value)
+    assert "exporting the code predictor to OpenVINO failed" in message
+    assert "--predictor pytorch" in message and "\n" not in message
+    assert not predictor_export_dir(broken, tmp_path / "data", "int4").exists()
