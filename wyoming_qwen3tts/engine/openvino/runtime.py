@@ -138,12 +138,10 @@ class OpenVINOPredictor:
 class OpenVINOTalker:
     """The exported talker, compiled for one device: each sentence's infer request holds its KV state."""
 
-    def __init__(
-        self, export_dir: Path, core: ov.Core, device: str, config: dict[str, Any], layout: CodeLayout
-    ) -> None:
+    def __init__(self, talker: ov.CompiledModel, layout: CodeLayout) -> None:
         self.layout = layout
-        self._talker = core.compile_model(export_dir / TALKER, device, config)
-        self.precision = compiled_precision(self._talker)  # what the steps really compute in
+        self._talker = talker
+        self.precision = compiled_precision(talker)  # what the steps really compute in
 
     def new_talker_cache(self, max_len: int) -> ov.InferRequest:
         if max_len > self.layout.max_positions:
@@ -173,7 +171,7 @@ class OpenVINOSteps(SplitSteps):
     def __init__(
         self, export_dir: Path, core: ov.Core, device: str, config: dict[str, Any], layout: CodeLayout
     ) -> None:
-        talker = OpenVINOTalker(export_dir, core, device, config, layout)
+        talker = OpenVINOTalker(core.compile_model(export_dir / TALKER, device, config), layout)
         predictor = OpenVINOPredictor(export_dir, core, device, config, layout)
         super().__init__(talker, predictor)
         self.predictor_batches = predictor.predictor_batches
