@@ -97,7 +97,7 @@ def find_export(
         raise EngineError(
             f"{export_dir} holds only the code predictor (made for the pytorch backend's --predictor "
             f"openvino-*), not every graph --backend openvino runs; make a full export with: "
-            f"{export_command(model, export_dir.with_name(export_dir.name + '-all'))}",
+            f"{export_command(model, default_export_dir(options, ov_options))}",
             "no-export",
         )
     source = manifest["source"]

@@ -83,7 +83,6 @@ class OpenVINOPredictor:
     ) -> None:
         self.layout = layout
         self._predictor = core.compile_model(export_dir / PREDICTOR, device, config)
-        self.precision = compiled_precision(self._predictor)  # what the steps really compute in
         # An export whose predictor takes its keys and values as inputs batches its rows (see above);
         # an older one keeps them as state and runs one row a call.
         self._predictor_kv: list[tuple[str, str, tuple[int, int]]] = []
