@@ -9,6 +9,7 @@ floating-point work a frame over the matrix-product peak measured here in the dt
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,24 +56,40 @@ def linear_bytes(layer: nn.Module) -> int:
     raise TypeError(f"no byte count for {type(layer).__name__}")
 
 
+def _stack_bytes(stack: Any) -> int:
+    return sum(
+        linear_bytes(layer.qkv)
+        + linear_bytes(layer.o)
+        + linear_bytes(layer.gate_up)
+        + linear_bytes(layer.down)
+        for layer in stack.layers
+    )
+
+
+def exported_predictor_bytes(export_dir: Path, groups: int) -> int:
+    """An OpenVINO predictor's weights a frame, read off its files: the step graph's `groups` times, each
+    head once (the .bin files hold the weights as the graphs read them, int4 with its scales)."""
+    heads = sum(path.stat().st_size for path in export_dir.glob("predictor_head_*.bin"))
+    return groups * (export_dir / "predictor.bin").stat().st_size + heads
+
+
 def part_bytes(steps: Any) -> dict[str, int]:
-    """Bytes a frame reads of the talker (one step) and of the code predictor (its steps of a frame)."""
-
-    def stack_bytes(stack: Any) -> int:
-        return sum(
-            linear_bytes(layer.qkv)
-            + linear_bytes(layer.o)
-            + linear_bytes(layer.gate_up)
-            + linear_bytes(layer.down)
-            for layer in stack.layers
-        )
-
+    """Bytes a frame reads of the talker (one step) and of the code predictor (its steps of a frame):
+    PyTorch steps, or PyTorch's talker beside an OpenVINO predictor (engine/split_steps.py)."""
+    talker = getattr(steps, "talker_steps", steps)
+    predictor = getattr(steps, "code_predictor", steps)
     groups = steps.layout.num_groups - 1
-    heads = sum(linear_bytes(head) for head in steps.predictor_heads)  # each step reads one of them
-    projection = 0 if isinstance(steps.to_predictor, nn.Identity) else linear_bytes(steps.to_predictor)
+    if hasattr(predictor, "predictor_stack"):
+        heads = sum(linear_bytes(head) for head in predictor.predictor_heads)  # each step reads one
+        projection = predictor.to_predictor
+        per_step = _stack_bytes(predictor.predictor_stack)
+        per_step += 0 if isinstance(projection, nn.Identity) else linear_bytes(projection)
+        predictor_read = groups * per_step + heads
+    else:
+        predictor_read = exported_predictor_bytes(predictor.export_dir, groups)
     return {
-        "talker": stack_bytes(steps.talker_stack) + linear_bytes(steps.codec_head),
-        "predictor": groups * (stack_bytes(steps.predictor_stack) + projection) + heads,
+        "talker": _stack_bytes(talker.talker_stack) + linear_bytes(talker.codec_head),
+        "predictor": predictor_read,
     }
 
 
@@ -90,7 +107,7 @@ def codec_gflop_per_frame(engine: Any, frames: int = 8) -> float:
 def floors(engine: Any) -> dict[str, Any] | None:
     """Each part's floor in ms a frame on this machine, for an engine on the PyTorch steps; else None."""
     steps = engine.parts.steps
-    if not hasattr(steps, "talker_stack"):
+    if not hasattr(getattr(steps, "talker_steps", steps), "talker_stack"):  # PyTorch's talker only
         return None
     bandwidth = read_bandwidth_gbs()
     graph = getattr(engine.parts.codec, "graph", None)  # TorchCodec's CodecGraph

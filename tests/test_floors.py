@@ -72,3 +72,20 @@ def test_floors_of_every_part(tiny_models):
     assert floor is not None and floor["read_bandwidth_gbs"] > 0 and floor["matmul_peak_gflops"] > 0
     assert set(floor["ms"]) == {"talker step", "code predictor (15 steps)", "codec decode"}
     assert all(ms > 0 for ms in floor["ms"].values())
+
+
+def test_an_openvino_predictor_reads_its_export_files_a_frame(tiny_models, tmp_path):
+    """--predictor openvino-*: the talker's bytes as PyTorch's, the predictor's off the export's files
+    (the step graph fifteen times, each head once), so the benchmark gives that row its floors too."""
+    model_dir = tiny_models["custom_voice"]
+    options = EngineOptions(warmup=False, data_dir=tmp_path)
+    split = PyTorchEngine(
+        model_dir, options, TorchOptions(dtype="float32", quantize="none", predictor="openvino-fp32")
+    )
+    plain = PyTorchEngine(model_dir, options, TorchOptions(dtype="float32", quantize="none"))
+    read, expected = part_bytes(split.parts.steps), part_bytes(plain.parts.steps)
+    assert read["talker"] == expected["talker"]
+    # fp32 graphs hold the same float32 weights as the PyTorch layers, plus small constants (norms, RoPE)
+    assert expected["predictor"] <= read["predictor"] <= 1.1 * expected["predictor"]
+    floor = floors(split)
+    assert floor is not None and floor["ms"]["code predictor (15 steps)"] > 0

@@ -82,6 +82,7 @@ class OpenVINOPredictor:
         self, export_dir: Path, core: ov.Core, device: str, config: dict[str, Any], layout: CodeLayout
     ) -> None:
         self.layout = layout
+        self.export_dir = export_dir
         self._predictor = core.compile_model(export_dir / PREDICTOR, device, config)
         # An export whose predictor takes its keys and values as inputs batches its rows (see above);
         # an older one keeps them as state and runs one row a call.
