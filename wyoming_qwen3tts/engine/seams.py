@@ -217,9 +217,7 @@ class ModelSteps(ABC):
 
     def predictor_rows(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
         """`predictor` for B utterances at the same position: embeds [B, n, H] -> logits [B, vocab]."""
-        return torch.stack(
-            [self.predictor(embeds[row : row + 1], start, cache[row], group) for row in range(len(cache))]
-        )
+        return predictor_row_by_row(self.predictor, embeds, start, cache, group)
 
 
 def talker_row_by_row(
@@ -231,6 +229,15 @@ def talker_row_by_row(
         for row, (start, cache) in enumerate(zip(starts, caches, strict=True))
     ]
     return torch.stack([logits for logits, _ in results]), torch.cat([hidden for _, hidden in results])
+
+
+def predictor_row_by_row(
+    predictor: Any, embeds: torch.Tensor, start: int, caches: list[Any], group: int
+) -> torch.Tensor:
+    """predictor_rows for a predictor that steps one row a call (one cache per row): the logits stacked."""
+    return torch.stack(
+        [predictor(embeds[row : row + 1], start, caches[row], group) for row in range(len(caches))]
+    )
 
 
 class EmbeddingTables(ABC):

@@ -18,7 +18,7 @@ import openvino as ov
 import torch
 
 from ..prompt import StoredEmbeddingTables
-from ..seams import CodeLayout, talker_row_by_row
+from ..seams import CodeLayout, predictor_row_by_row, talker_row_by_row
 from ..split_steps import SplitSteps
 
 TALKER = "talker.xml"
@@ -126,9 +126,7 @@ class OpenVINOPredictor:
 
     def predictor_rows(self, embeds: torch.Tensor, start: int, cache: Any, group: int) -> torch.Tensor:
         if not self.predictor_batches:
-            return torch.stack(
-                [self.predictor(embeds[row : row + 1], start, cache[row], group) for row in range(len(cache))]
-            )
+            return predictor_row_by_row(self.predictor, embeds, start, cache, group)
         hidden = cache.step(embeds.float().numpy(), start)
         head = self._heads[group]
         head.infer({"hidden": hidden[:, 0]}, share_inputs=True)
