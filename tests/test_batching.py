@@ -17,7 +17,7 @@ import torch
 from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
 from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
-from wyoming_qwen3tts.engine.pytorch.quantize import DynamicInt8Linear, available_kernels
+from wyoming_qwen3tts.engine.pytorch.quantize import PINNED_ROWS_KEPT, DynamicInt8Linear, available_kernels
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -108,6 +108,16 @@ def test_int8_rows_are_quantized_with_their_own_scale():
     reference = torch.nn.functional.linear(x, layer_weight(layer), layer.bias)
     relative = (together - reference).norm(dim=1) / reference.norm(dim=1)
     assert relative.max() < 0.05  # the small row is as exact as the large one
+
+
+def test_int8_layers_keep_input_buffers_only_for_the_small_row_counts_of_steps():
+    """A prompt's rows (its tokens) vary in number from request to request: a buffer kept per count
+    would grow the server by 0.8 MB a token of every new prompt length, for good."""
+    layer = DynamicInt8Linear(torch.nn.Linear(64, 48))
+    for rows in (1, 4, PINNED_ROWS_KEPT, PINNED_ROWS_KEPT + 1, 57, 300):
+        x = torch.randn(rows, 64)
+        assert torch.equal(layer(x), torch.cat([layer(x[i : i + 1]) for i in range(rows)]))
+    assert sorted(layer._pinned) == [1, 4, PINNED_ROWS_KEPT]
 
 
 def layer_weight(layer: DynamicInt8Linear) -> torch.Tensor:
