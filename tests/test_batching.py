@@ -1,7 +1,9 @@
 """Continuous batching in the engine: rows of a batch compute what they compute alone.
 
 A batched talker step runs every utterance's projections and MLP in one call (one read of the
-weights) and attention row by row; the 15 predictor steps of a frame run all rows at once. On the tiny
+weights) and attention row by row; the 15 predictor steps of a frame run all rows at once; the prompts
+of sentences that join at the same frame run through the talker as one step (their tokens one after
+another, attention within each prompt). On the tiny
 models of every kind: greedy float32 codes of each row equal the same sentence run alone, with rows of
 different lengths joining and leaving mid-way; teacher-forced logits agree within float32 rounding,
 for float32 and int8 weights (an int8 linear quantizes every row with its own scale, so its rows are bit
@@ -42,15 +44,20 @@ def alone(engine: PyTorchEngine, text: str, voice) -> torch.Tensor:
 
 
 def batched(engine: PyTorchEngine, texts: list[str], voice, joins: list[int]) -> list[torch.Tensor]:
-    """Run the texts as rows of one batch; row i joins once `joins[i]` frames of the batch have run."""
+    """Run the texts as rows of one batch; row i joins once `joins[i]` frames of the batch have run (rows
+    joining at the same frame start together: their prompts in one talker step)."""
     generator = engine.frame_generator
     rows: list = [None] * len(texts)
     frames: list[list[torch.Tensor]] = [[] for _ in texts]
     tick = 0
     while tick == 0 or any(row is None or not row.done for row in rows):
-        for index, text in enumerate(texts):
-            if rows[index] is None and joins[index] <= tick:
-                rows[index] = generator.start(engine.prompt(text, voice, "english"), engine.frame_cap(text))
+        joining = [i for i, text in enumerate(texts) if rows[i] is None and joins[i] <= tick]
+        started = generator.start_rows(
+            [engine.prompt(texts[i], voice, "english") for i in joining],
+            [engine.frame_cap(texts[i]) for i in joining],
+        )
+        for index, row in zip(joining, started, strict=True):
+            rows[index] = row
         active = [row for row in rows if row is not None and not row.done]
         if active:
             for row, frame in zip(active, generator.advance(active), strict=True):
@@ -67,13 +74,16 @@ def test_greedy_codes_of_each_row_equal_the_row_alone(tiny_models, voices_dir, t
     voice = next(v for v in engine.voices() if voice_name is None or v.name == voice_name)
     expected = [alone(engine, text, voice) for text in TEXTS]
     # Different lengths: the middle one ends early; the last joins after 5 frames, the second after 2.
-    got = batched(engine, TEXTS, voice, joins=[0, 2, 5])
-    for want, have in zip(expected, got, strict=True):
-        assert have.shape == want.shape and torch.equal(have, want)
+    # Then the first two start together (one talker step for both prompts), the last after 2 frames.
+    for joins in ([0, 2, 5], [0, 0, 2]):
+        got = batched(engine, TEXTS, voice, joins=joins)
+        for want, have in zip(expected, got, strict=True):
+            assert have.shape == want.shape and torch.equal(have, want), joins
 
 
+@pytest.mark.parametrize("joined", [False, True])  # prompts run alone, or all three in one step
 @pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_teacher_forced_logits_of_a_row_match_it_alone(tiny_models, tmp_path, quantize):
+def test_teacher_forced_logits_of_a_row_match_it_alone(tiny_models, tmp_path, quantize, joined):
     if quantize == "int8" and "dynamic" not in available_kernels():
         pytest.skip("this torch build has no dynamic int8 kernel")
     engine = load(tiny_models["custom_voice"], None, tmp_path, quantize=quantize)
@@ -85,15 +95,23 @@ def test_teacher_forced_logits_of_a_row_match_it_alone(tiny_models, tmp_path, qu
     for prompt, forced, record in zip(prompts, codes, solo, strict=True):
         list(generator.frames(prompt, 12, forced=forced, record=record))
     together: list[list[torch.Tensor]] = [[] for _ in prompts]
-    rows = [
-        generator.start(p, 12, forced=c, record=r) for p, c, r in zip(prompts, codes, together, strict=True)
-    ]
+    if joined:
+        rows = generator.start_rows(prompts, [len(c) for c in codes])
+        for row, forced, record in zip(rows, codes, together, strict=True):
+            row.forced, row.record = forced, record
+    else:
+        rows = [
+            generator.start(p, 12, forced=c, record=r)
+            for p, c, r in zip(prompts, codes, together, strict=True)
+        ]
     while any(not row.done for row in rows):
         generator.advance([row for row in rows if not row.done])
     pairs = [(a, b) for x, y in zip(solo, together, strict=True) for a, b in zip(x, y, strict=True)]
     assert all(torch.equal(torch.isinf(a), torch.isinf(b)) for a, b in pairs)  # the same masked ids
     worst = max((a - b)[torch.isfinite(a)].abs().max().item() for a, b in pairs)
-    print(f"{quantize}: max abs logit difference, batched against alone: {worst:.2e}")
+    print(
+        f"{quantize}, prompts joined {joined}: max abs logit difference, batched against alone: {worst:.2e}"
+    )
     assert [len(r) for r in together] == [len(r) for r in solo]
     assert worst < 1e-4  # float32 rounding (measured 6.7e-06 float32, 4.8e-07 int8 on the tiny model)
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import snr_db
 
-from wyoming_qwen3tts.engine.codec import StreamingDecoder, TorchCodec
+from wyoming_qwen3tts.engine.codec import StreamingDecoder, TorchCodec, decode_together
 from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
-from wyoming_qwen3tts.engine.seams import MAX_FRAMES_PER_PASS, DecoderState
+from wyoming_qwen3tts.engine.seams import MAX_FRAMES_PER_PASS, CodecStep, DecoderState
 
 FRAMES = 90  # longer than the 72-frame attention window and upstream's 25 frames of context
 SAMPLES = 1920
@@ -216,3 +216,57 @@ def test_copies_share_the_step_but_not_the_state(decoder, codes, reference):
     assert (torch.cat([a1, a2]) - torch.cat([b1, b2])).abs().max() < 1e-5
     assert (torch.cat([a1, a2]) - reference[20 * SAMPLES : 31 * SAMPLES]).abs().max() < 1e-5
     assert stream.frames == twin.frames == 31
+
+
+# --- Several streams decoded together (the chunks due at the same frame of a batch) -------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the CPU kernels, the plain graph
+def test_streams_decoded_together_give_what_each_gives_alone(codes, dtype):
+    module = random_decoder().to(dtype)
+    step = TorchCodec(module)
+    assert step.graph._kernels == (dtype == torch.float32)
+    passes: list[int] = []
+    decode_rows = step.decode_rows
+    step.decode_rows = lambda batch, states: passes.append(batch.shape[0]) or decode_rows(batch, states)
+
+    # Streams at different places: new, 30 frames in, 75 in (past the 72-frame attention window).
+    streams = [StreamingDecoder(step) for _ in range(4)]
+    for stream, done in zip(streams, (0, 30, 75, 10), strict=True):
+        stream.decode(codes[..., :done])
+    alone = [stream.copy() for stream in streams]
+    chunks = [codes[0, :, 3:6].t(), codes[0, :, 40:43].t(), codes[0, :, 80:83].t(), codes[0, :, 50:58].t()]
+    together = decode_together(streams, chunks)
+    assert passes == [3]  # the three 3-frame chunks in one pass; the 8-frame one alone
+    tolerance = 1e-5 if dtype == torch.float32 else 0.02
+    for got, stream, chunk in zip(together, alone, chunks, strict=True):
+        expected = stream.decode(chunk)
+        assert got.shape == expected.shape == (chunk.shape[0] * SAMPLES,)
+        assert (got - expected).abs().max() < tolerance
+    # Each stream's state went back to it: the next chunk continues each one's own utterance.
+    nxt = codes[..., 60:62]
+    for stream, twin, frames in zip(streams, alone, (3, 33, 78, 18), strict=True):
+        assert stream.frames == twin.frames == frames
+        assert (stream.decode(nxt) - twin.decode(nxt)).abs().max() < tolerance
+    # The check has teeth: a stream given another's state continues that one's utterance, not its own.
+    assert (streams[0].decode(nxt) - alone[1].decode(nxt)).abs().max() > 1e-2
+
+
+def test_decode_together_of_long_chunks_and_backends_that_decode_one_row(decoder, codes):
+    class OneRow(CodecStep):  # a backend without its own decode_rows (as the OpenVINO codec)
+        def __init__(self) -> None:
+            self.inner = TorchCodec(decoder)
+            self.num_quantizers, self.samples_per_frame = 16, SAMPLES
+
+        def initial_state(self) -> DecoderState:
+            return self.inner.initial_state()
+
+        def decode(self, chunk, state):
+            return self.inner.decode(chunk, state)
+
+    step = OneRow()
+    long = MAX_FRAMES_PER_PASS + 3
+    chunks = [codes[0, :, :2].t(), codes[0, :, 5:7].t(), codes[0, :, :long].t()]
+    together = decode_together([StreamingDecoder(step) for _ in chunks], chunks)
+    for got, chunk in zip(together, chunks, strict=True):
+        assert torch.equal(got, StreamingDecoder(step).decode(chunk))

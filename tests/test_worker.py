@@ -166,6 +166,8 @@ class _CountingEngine:
     def start(self, text, voice, language) -> _CountedStream:
         return _CountedStream()
 
+    start_many = Engine.start_many  # each in turn, through start
+
     def advance(self, streams) -> list[bytes]:
         self.steps += 1
         out = []
@@ -263,5 +265,31 @@ async def test_an_engine_that_cannot_batch_is_stepped_chunk_by_chunk_in_the_batc
         second = worker.speak(engine, "cd", engine.voices()[0], "english")
         assert b"".join([pcm async for pcm in first]) == b"ababab"
         assert b"".join([pcm async for pcm in second]) == b"cdcdcd"
+    finally:
+        await worker.aclose()
+
+
+async def test_new_sentences_sent_together_join_at_one_frame_and_ones_made_ahead_one_a_frame():
+    """The last of several requests sent at once hears its first audio after one batched frame, not one
+    frame per request before it; sentences generated ahead (nobody waits for them) join one a frame."""
+    engine = _CountingEngine()
+    log: list[str] = []
+    start, advance = engine.start, engine.advance
+    engine.start = lambda text, voice, language: log.append(text) or start(text, voice, language)  # type: ignore[method-assign]
+    engine.advance = lambda streams: log.append(f"step {len(streams)}") or advance(streams)  # type: ignore[method-assign]
+    worker = InferenceWorker(max_batch=4)
+    try:
+        heard = [worker.speak(engine, name, None, "english") for name in ("a", "b", "c")]  # type: ignore[arg-type]
+        for audio in heard:
+            assert len(b"".join([pcm async for pcm in audio])) == 6
+        assert log[:4] == ["a", "b", "c", "step 3"]
+
+        log.clear()
+        ahead = [worker.speak(engine, name, None, "english", ahead=True) for name in ("d", "e")]  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)  # both made and held
+        assert log[:4] == ["d", "step 1", "e", "step 2"]
+        for audio in ahead:
+            audio.listen()
+            assert len(b"".join([pcm async for pcm in audio])) == 6
     finally:
         await worker.aclose()

@@ -156,10 +156,12 @@ class SentenceAudio:
 class SentenceBatch:
     """The sentences in flight on one engine, advanced together one frame a job on the worker thread.
 
-    A waiting sentence joins at a frame boundary: its prompt runs as a step of its own (one join per
-    frame, so a crowd of new sentences holds the others back by one prompt at a time), then it
-    advances with the rest. A sentence that ends or is cancelled leaves at once; one generated ahead
-    and all made waits outside the count of --max-batch until it is heard.
+    A waiting sentence joins at a frame boundary: its prompt runs as a step of its own, then it
+    advances with the rest. Sentences somebody waits to hear (new requests) all join at the same
+    boundary, so the last of several sent at once hears its first audio after one batched frame, not
+    one frame per request before it; a sentence generated ahead joins alone, one a frame, as nobody
+    waits for it. A sentence that ends or is cancelled leaves at once; one generated ahead and all
+    made waits outside the count of --max-batch until it is heard.
     """
 
     def __init__(self, worker: InferenceWorker, engine: Engine) -> None:
@@ -233,18 +235,26 @@ class SentenceBatch:
                 len(kept),
             )
         self.active = kept
-        while self._can_join():
-            audio = self.waiting.popleft()
+        joining: list[SentenceAudio] = []
+        room = self.worker.max_batch - self._stepping()
+        while self.waiting and len(joining) < room:
+            audio = self.waiting[0]
+            if audio.ahead and joining:
+                break  # a sentence generated ahead joins a frame of its own (below)
+            self.waiting.popleft()
             if audio.cancelled:
                 continue
-            try:
-                audio.stream = self.engine.start(*audio.args)
-            except Exception as err:  # this sentence cannot be spoken; the others go on
-                delivered.append((audio, err))
+            joining.append(audio)
+            if audio.ahead:
+                break  # nobody hears it yet: one such prompt a frame holds the others back the least
+        started = self.engine.start_many([audio.args for audio in joining]) if joining else []
+        for audio, stream in zip(joining, started, strict=True):
+            if isinstance(stream, Exception):  # this sentence cannot be spoken; the others go on
+                delivered.append((audio, stream))
                 continue
+            audio.stream = stream
             self.active.append(audio)
             _LOGGER.debug("A sentence joined the batch (%d in flight)", len(self.active))
-            break  # one prompt a frame
         if not self.active:
             return delivered
         for audio in self.active:

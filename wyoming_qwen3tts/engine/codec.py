@@ -90,6 +90,35 @@ class StreamingDecoder:
         return wavs[0] if len(wavs) == 1 else torch.cat(wavs)
 
 
+def decode_together(decoders: list[StreamingDecoder], chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each decoder's samples for its chunk of codes [T_i, 16], as decode() gives them one by one.
+
+    Chunks of the same length on the same step run as one batched pass (CodecStep.decode_rows): a pass
+    reads every weight of the codec, and the first, one-frame chunks of several new sentences cost
+    little more together than one alone.
+    """
+    samples: list[torch.Tensor | None] = [None] * len(decoders)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (decoder, chunk) in enumerate(zip(decoders, chunks, strict=True)):
+        length = chunk.shape[0]
+        if length > decoder.step.max_frames_per_pass:
+            samples[index] = decoder.decode(chunk)
+        else:
+            groups.setdefault((id(decoder.step), length), []).append(index)
+    for indices in groups.values():
+        if len(indices) == 1:
+            samples[indices[0]] = decoders[indices[0]].decode(chunks[indices[0]])
+            continue
+        step = decoders[indices[0]].step
+        codes = torch.stack([chunks[index].t() for index in indices]).to(torch.long)
+        wavs, states = step.decode_rows(codes, [decoders[index].state for index in indices])
+        for row, index in enumerate(indices):
+            decoders[index].state = states[row]
+            samples[index] = wavs[row]
+    assert all(wav is not None for wav in samples)
+    return samples  # type: ignore[return-value]
+
+
 class TorchCodec(CodecStep):
     """The chunk step in eager PyTorch, on the decoder module's own weights (only read, never changed)."""
 
@@ -110,6 +139,25 @@ class TorchCodec(CodecStep):
             frames = torch.tensor(state.frames, device=device)
             wav, *tensors = self.graph(codes.to(device, torch.long), frames, *state.tensors())
         return wav.float(), self.graph.state(state.frames + codes.shape[2], tensors)
+
+    def decode_rows(
+        self, codes: torch.Tensor, states: list[DecoderState]
+    ) -> tuple[torch.Tensor, list[DecoderState]]:
+        """B streams in one pass of the graph: their states stacked on the batch axis, then split again."""
+        if len(states) == 1:
+            wav, state = self.decode(codes, states[0])
+            return wav.unsqueeze(0), [state]
+        with torch.inference_mode():
+            device = states[0].keys[0].device
+            frames = torch.tensor([state.frames for state in states], device=device)
+            stacked = [torch.cat(parts) for parts in zip(*(state.tensors() for state in states), strict=True)]
+            wav, *tensors = self.graph(codes.to(device, torch.long), frames, *stacked)
+        length = codes.shape[2]
+        rows = [
+            self.graph.state(state.frames + length, [tensor[row : row + 1] for tensor in tensors])
+            for row, state in enumerate(states)
+        ]
+        return wav.float().view(len(states), -1), rows
 
 
 class CodecGraph(nn.Module):
@@ -247,6 +295,7 @@ class CodecGraph(nn.Module):
                     out = conv(unit.conv1, _snake(unit.act1, wav))
                     wav = conv(unit.conv2, _snake(unit.act2, out)).add_(wav)
             wav = conv(self._last_conv, _snake(self._last_act, wav))
+        # Rows one after another (one row: [T * 1920], as the exported graph has always returned).
         return (wav.clamp(min=-1, max=1).reshape(-1), *carried, *keys, *values)
 
     def _quantized(self, codes: torch.Tensor) -> torch.Tensor:
@@ -288,7 +337,7 @@ class CodecGraph(nn.Module):
             padded = snake(x)
         else:
             index, context = entry
-            padded = x.new_empty(1, x.shape[1], context + x.shape[2])
+            padded = x.new_empty(x.shape[0], x.shape[1], context + x.shape[2])
             padded[..., :context] = carried[index]
             snake(x, out=padded[..., context:])
             carried[index] = padded[..., -context:].clone()
@@ -305,7 +354,7 @@ class CodecGraph(nn.Module):
         if polyphase is not None:
             return kernels.polyphase(x, *polyphase) if self._kernels else _run_polyphase(x, *polyphase)
         gemm = self._gemms.get(module)
-        if gemm is not None and gemm.fits(x.shape[-1] - (entry[1] if entry else 0)):
+        if gemm is not None and gemm.fits(x.shape[0] * (x.shape[-1] - (entry[1] if entry else 0))):
             return gemm(x)
         if entry is not None and isinstance(module.conv, nn.ConvTranspose1d):
             # Outputs of the context inputs are dropped; the right end is trimmed as upstream does.
@@ -326,20 +375,21 @@ class CodecGraph(nn.Module):
         past_keys: tuple[torch.Tensor, ...],
         past_values: tuple[torch.Tensor, ...],
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """The pre_transformer on hidden [1, T, latent] with a fixed-size sliding-window KV cache."""
+        """The pre_transformer on hidden [B, T, latent] with a fixed-size sliding-window KV cache; frames
+        is [] (one row) or [B], each row's frames decoded before."""
         transformer = self._transformer
-        length = hidden.shape[1]
+        rows, length = hidden.shape[0], hidden.shape[1]
         hidden = transformer.input_proj(hidden)
         keep = self._window - 1
-        steps = torch.arange(length, device=hidden.device)
-        positions = frames + steps  # of the queries
-        cos, sin = transformer.rotary_emb(hidden, positions.unsqueeze(0))
+        frames = frames.reshape(-1, 1)  # [1 or B, 1]
+        positions = frames + torch.arange(length, device=hidden.device)  # of the queries, [1 or B, T]
+        cos, sin = transformer.rotary_emb(hidden, positions.expand(rows, -1))
         # Key j sits at frame frames - keep + j; query t may see it if it is a real frame (>= 0), not in
         # the future and within the window (transformers' sliding-window mask).
-        key_positions = frames - keep + torch.arange(keep + length, device=hidden.device)
-        offset = key_positions - positions[:, None]
-        mask = (offset <= 0) & (offset > -self._window) & (key_positions >= 0)
-        shape = (1, length, -1, self._head_dim)
+        key_positions = frames - keep + torch.arange(keep + length, device=hidden.device)  # [1 or B, K]
+        offset = key_positions[:, None, :] - positions[:, :, None]
+        mask = ((offset <= 0) & (offset > -self._window) & (key_positions[:, None, :] >= 0)).unsqueeze(1)
+        shape = (rows, length, -1, self._head_dim)
         keys, values = [], []
         for layer, past_key, past_value in zip(self._layers, past_keys, past_values, strict=True):
             attn = layer.self_attn
@@ -356,7 +406,7 @@ class CodecGraph(nn.Module):
                 key = key.repeat_interleave(attn.num_key_value_groups, dim=1)
                 value = value.repeat_interleave(attn.num_key_value_groups, dim=1)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scaling)
-            out = attn.o_proj(out.transpose(1, 2).reshape(1, length, -1))
+            out = attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
             hidden = hidden + layer.self_attn_layer_scale(out)
             hidden = hidden + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(hidden)))
         return transformer.output_proj(transformer.norm(hidden)), keys, values
@@ -387,13 +437,13 @@ def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Te
 
 
 def _run_polyphase(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
-    """Apply _polyphase_weights to x [1, C_in, T] (kernel 2s: past input, then T new): [1, C_out, T * s]."""
-    steps = x[0].t()  # [T, C_in]
-    if matrix.shape[0] != steps.shape[1]:  # kernel 2s: each step beside the one before it
-        steps = torch.cat([steps[1:], steps[:-1]], dim=1)  # [T, 2 * C_in]: current, previous
-    out = torch.addmm(bias, steps, matrix)  # [T, s * C_out], ordered (phase, channel)
-    length = steps.shape[0]
-    return out.view(length, stride, -1).permute(2, 0, 1).reshape(1, -1, length * stride)
+    """Apply _polyphase_weights to x [B, C_in, T] (kernel 2s: past input, then T new): [B, C_out, T * s]."""
+    steps = x.transpose(1, 2)  # [B, T, C_in]
+    if matrix.shape[0] != steps.shape[2]:  # kernel 2s: each step beside the one before it
+        steps = torch.cat([steps[:, 1:], steps[:, :-1]], dim=2)  # [B, T, 2 * C_in]: current, previous
+    rows, length = steps.shape[0], steps.shape[1]
+    out = torch.addmm(bias, steps.reshape(rows * length, -1), matrix)  # [B * T, s * C_out]: (phase, channel)
+    return out.view(rows, length, stride, -1).permute(0, 3, 1, 2).reshape(rows, -1, length * stride)
 
 
 def _context(module: Any) -> int:

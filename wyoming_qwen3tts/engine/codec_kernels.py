@@ -76,6 +76,8 @@ class GemmConv:
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of x; with residual [1, C_out, T] (kernel 1 only) the sum, accumulated into residual."""
+        if x.shape[0] > 1:
+            return self._rows(x, residual)
         span = (self.kernel - 1) * self.dilation
         length = x.shape[-1] - span
         inputs = x[0] if x.stride(-1) == 1 else x[0].contiguous()
@@ -97,9 +99,39 @@ class GemmConv:
         cols = inputs.as_strided((self.in_channels, self.kernel, length), (stride, self.dilation, 1))
         return torch.addmm(self.bias, self.weight, cols.reshape(-1, length)).unsqueeze(0)
 
+    def _rows(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """x [B, C_in, context + T] of B streams: one product over all their steps (the weights read once)
+        where the conv is a matrix product of the steps; the few-output-channel conv row by row."""
+        rows = x.shape[0]
+        if self.out_channels <= 8 and self.kernel > 1:
+            return torch.cat(
+                [
+                    self(x[row : row + 1], None if residual is None else residual[row : row + 1])
+                    for row in range(rows)
+                ]
+            )
+        span = (self.kernel - 1) * self.dilation
+        length = x.shape[-1] - span
+        # [B, C_in, T, k]: each step's taps, laid out (channel, tap) as the weight's rows are.
+        taps = x.unfold(2, span + 1, 1)[..., :: self.dilation]
+        steps = taps.permute(0, 2, 1, 3).reshape(rows * length, -1)
+        out = torch.addmm(self.bias[:, 0], steps, self.weight.t()).view(rows, length, -1).transpose(1, 2)
+        return out.add_(residual) if residual is not None else out.contiguous()
+
 
 def polyphase(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
-    """codec._run_polyphase without concatenating the shifted input: x [1, C_in, T (+ 1 past)]."""
+    """codec._run_polyphase without concatenating the shifted input: x [B, C_in, T (+ 1 past)]."""
+    rows = x.shape[0]
+    if rows > 1:  # B streams: one product over all their steps
+        steps = x.transpose(1, 2)  # [B, T, C_in]
+        c_in = steps.shape[2]
+        if matrix.shape[0] == c_in:
+            out = torch.addmm(bias, steps.reshape(-1, c_in), matrix)
+        else:
+            out = torch.addmm(bias, steps[:, 1:].reshape(-1, c_in), matrix[:c_in])
+            out.addmm_(steps[:, :-1].reshape(-1, c_in), matrix[c_in:])
+        length = out.shape[0] // rows
+        return out.view(rows, length, stride, -1).permute(0, 3, 1, 2).reshape(rows, -1, length * stride)
     steps = x[0].t()  # [T, C_in]
     c_in = steps.shape[1]
     if matrix.shape[0] == c_in:

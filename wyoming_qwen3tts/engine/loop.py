@@ -157,12 +157,32 @@ class FrameGenerator:
         if forced is not None:
             max_frames = min(max_frames, forced.shape[0])
         rng = None if seed is None else torch.Generator().manual_seed(seed)
-        prompt_len = prompt.embeds.shape[1]
-        cache = self.steps.new_talker_cache(prompt_len + max_frames + 1)
-        logits, hidden = self.steps.talker(prompt.embeds, 0, cache)
-        return FrameRow(
-            prompt, max_frames, rng, cache, prompt_len, logits, hidden, forced=forced, record=record
-        )
+        (row,) = self.start_rows([prompt], [max_frames], [rng])
+        row.forced, row.record = forced, record
+        return row
+
+    @torch.inference_mode()
+    def start_rows(
+        self,
+        prompts: list[TalkerPrompt],
+        max_frames: list[int],
+        rngs: list[torch.Generator | None] | None = None,
+    ) -> list[FrameRow]:
+        """New rows for several prompts at once: their prompts run through the talker in one step (one
+        read of its weights for all of them), each into its own cache."""
+        if not prompts:
+            return []
+        caches = [
+            self.steps.new_talker_cache(prompt.embeds.shape[1] + cap + 1)
+            for prompt, cap in zip(prompts, max_frames, strict=True)
+        ]
+        results = self.steps.talker_prompts([prompt.embeds for prompt in prompts], caches)
+        return [
+            FrameRow(prompt, cap, rng, cache, prompt.embeds.shape[1], logits, hidden)
+            for prompt, cap, rng, cache, (logits, hidden) in zip(
+                prompts, max_frames, rngs or [None] * len(prompts), caches, results, strict=True
+            )
+        ]
 
     @torch.inference_mode()
     def advance(self, rows: list[FrameRow]) -> list[torch.Tensor | None]:

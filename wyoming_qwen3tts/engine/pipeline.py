@@ -32,7 +32,7 @@ from ..voices import (
     prompt_key,
 )
 from ..voices.voice import Voice
-from .codec import StreamingDecoder
+from .codec import StreamingDecoder, decode_together
 from .loop import FrameGenerator, FrameRow, TalkerPrompt
 from .options import EngineOptions
 from .prompt import PromptBuilder
@@ -273,10 +273,45 @@ class PipelineEngine(Engine):
         row = self.frame_generator.start(self.prompt(text, voice, language), self.frame_cap(text))
         return SentenceStream(row, self._decoder_for(voice))
 
+    def start_many(self, sentences: Sequence[tuple[str, Voice, str]]) -> list[EngineStream | Exception]:
+        """Several sentences' prompts through the talker in one step; a sentence whose prompt cannot be
+        built gets its error and the others start. Should the joint step fail, each starts alone, so
+        only the sentence at fault gets the error."""
+        started: list[EngineStream | Exception | None] = [None] * len(sentences)
+        ready: list[tuple[int, TalkerPrompt, int, Voice]] = []
+        for index, (text, voice, language) in enumerate(sentences):
+            try:
+                ready.append((index, self.prompt(text, voice, language), self.frame_cap(text), voice))
+            except Exception as err:
+                started[index] = err
+        rows: list[FrameRow] | None = None
+        try:
+            rows = self.frame_generator.start_rows([r[1] for r in ready], [r[2] for r in ready])
+        except Exception as err:
+            if len(ready) == 1:
+                started[ready[0][0]] = err
+                ready = []
+            else:
+                _LOGGER.exception("Starting %d sentences together failed; starting each alone", len(ready))
+        if rows is not None:
+            for (index, _prompt, _cap, voice), row in zip(ready, rows, strict=True):
+                started[index] = SentenceStream(row, self._decoder_for(voice))
+            ready = []
+        for index, _prompt, _cap, _voice in ready:
+            [started[index]] = super().start_many([sentences[index]])
+        return started  # type: ignore[return-value]  # every entry set above
+
     def advance(self, streams: Sequence[SentenceStream]) -> list[bytes]:  # type: ignore[override]
-        """One frame for every stream in one batched pass; each stream's PCM that is due now."""
+        """One frame for every stream in one batched pass; each stream's PCM that is due now (the chunks
+        due decoded together, equal lengths in one pass)."""
         frames = self.frame_generator.advance([stream.row for stream in streams])
-        return [stream.take(frame) for stream, frame in zip(streams, frames, strict=True)]
+        chunks = [stream.take(frame) for stream, frame in zip(streams, frames, strict=True)]
+        due = [index for index, chunk in enumerate(chunks) if chunk is not None]
+        pcm = [b""] * len(streams)
+        samples = decode_together([streams[i].decoder for i in due], [chunks[i] for i in due])  # type: ignore[misc]
+        for index, wav in zip(due, samples, strict=True):
+            pcm[index] = to_pcm16(wav)
+        return pcm
 
     def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
         stream = self.start(text, voice, language)
@@ -310,15 +345,15 @@ class SentenceStream(EngineStream):
     def held(self) -> bool:
         return self.row.done and not self.urgent
 
-    def take(self, frame: torch.Tensor | None) -> bytes:
-        """Add the frame just made (None: the row ended); the PCM of a chunk if one is due."""
+    def take(self, frame: torch.Tensor | None) -> torch.Tensor | None:
+        """Add the frame just made (None: the row ended); the codes [T, 16] of a chunk to decode now, if one
+        is due (its PCM is the stream's next audio)."""
         if frame is not None:
             self.pending.append(frame)
         if not self.urgent or not self.pending:
-            return b""
+            return None
         if len(self.pending) >= self.wanted or self.row.done:
             chunk, self.pending = self.pending[: self.wanted], self.pending[self.wanted :]
-            pcm = to_pcm16(self.decoder.decode(torch.stack(chunk)))
             self.wanted = next(self.schedule, self.wanted)
-            return pcm
-        return b""
+            return torch.stack(chunk)
+        return None

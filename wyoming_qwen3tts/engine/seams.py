@@ -89,6 +89,18 @@ class Engine(ABC):
         """
         return _IteratorStream(self.synthesize(text, voice, language))
 
+    def start_many(self, sentences: Sequence[tuple[str, Voice, str]]) -> list[EngineStream | Exception]:
+        """`start` for several sentences (text, voice, language) that join at the same step: a stream for
+        each, or the error that sentence met (the others start regardless). An engine that can runs their
+        prompts together; by default one after another."""
+        started: list[EngineStream | Exception] = []
+        for sentence in sentences:
+            try:
+                started.append(self.start(*sentence))
+            except Exception as err:  # this sentence cannot be spoken; the others go on
+                started.append(err)
+        return started
+
     def advance(self, streams: Sequence[EngineStream]) -> list[bytes]:
         """One step of every stream; the PCM (possibly none) each has ready. A stream is finished once
         its `done` is true; advance only streams that are not."""
@@ -211,6 +223,13 @@ class ModelSteps(ABC):
         cache. Returns logits [B, vocab] (float32) and hidden states [B, 1, H]."""
         return talker_row_by_row(self.talker, embeds, starts, caches)
 
+    def talker_prompts(
+        self, prompts: list[torch.Tensor], caches: list[Any]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`talker` at start 0 for the prompts [1, n_i, H] of several new utterances, each into its own
+        cache: what `talker` returns for each. By default one after another."""
+        return prompts_one_by_one(self.talker, prompts, caches)
+
     def new_predictor_rows(self, rows: int) -> Any:
         """A code-predictor cache for one frame of `rows` utterances that step together."""
         return [self.new_predictor_cache() for _ in range(rows)]
@@ -229,6 +248,13 @@ def talker_row_by_row(
         for row, (start, cache) in enumerate(zip(starts, caches, strict=True))
     ]
     return torch.stack([logits for logits, _ in results]), torch.cat([hidden for _, hidden in results])
+
+
+def prompts_one_by_one(
+    talker: Any, prompts: list[torch.Tensor], caches: list[Any]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """talker_prompts for a talker that runs one prompt a call."""
+    return [talker(embeds, 0, cache) for embeds, cache in zip(prompts, caches, strict=True)]
 
 
 def predictor_row_by_row(
@@ -291,6 +317,14 @@ class CodecStep(ABC):
     def decode(self, codes: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """codes [1, num_quantizers, T] int64 (T <= max_frames_per_pass) after `state` -> the T *
         samples_per_frame float32 samples at 24 kHz and the state after them; `state` is left unchanged."""
+
+    def decode_rows(
+        self, codes: torch.Tensor, states: list[DecoderState]
+    ) -> tuple[torch.Tensor, list[DecoderState]]:
+        """`decode` for B streams at once: codes [B, num_quantizers, T] -> samples [B, T * samples_per_frame]
+        and each stream's new state. A backend that batches the codec overrides it; by default row by row."""
+        results = [self.decode(codes[row : row + 1], state) for row, state in enumerate(states)]
+        return torch.stack([wav for wav, _ in results]), [state for _, state in results]
 
 
 @dataclass(frozen=True, eq=False)

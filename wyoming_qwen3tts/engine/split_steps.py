@@ -28,6 +28,10 @@ class TalkerSteps(Protocol):
         self, embeds: torch.Tensor, starts: list[int], caches: list[Any]
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def talker_prompts(
+        self, prompts: list[torch.Tensor], caches: list[Any]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
+
 
 class CodePredictor(Protocol):
     """The predictor half of ModelSteps (what OpenVINOPredictor and TorchSteps both have)."""
@@ -59,6 +63,11 @@ class SplitSteps(ModelSteps):
         self, embeds: torch.Tensor, starts: list[int], caches: list[Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.talker_steps.talker_rows(embeds, starts, caches)
+
+    def talker_prompts(
+        self, prompts: list[torch.Tensor], caches: list[Any]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.talker_steps.talker_prompts(prompts, caches)
 
     def new_predictor_cache(self) -> Any:
         return self.code_predictor.new_predictor_cache()

@@ -18,7 +18,7 @@ import openvino as ov
 import torch
 
 from ..prompt import StoredEmbeddingTables
-from ..seams import CodeLayout, predictor_row_by_row, talker_row_by_row
+from ..seams import CodeLayout, predictor_row_by_row, prompts_one_by_one, talker_row_by_row
 from ..split_steps import SplitSteps
 
 TALKER = "talker.xml"
@@ -161,6 +161,11 @@ class OpenVINOTalker:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Rows at different positions cannot share a stateful request (docs/backends.md): one by one.
         return talker_row_by_row(self.talker, embeds, starts, caches)
+
+    def talker_prompts(
+        self, prompts: list[torch.Tensor], caches: list[ov.InferRequest]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return prompts_one_by_one(self.talker, prompts, caches)
 
 
 class OpenVINOSteps(SplitSteps):

@@ -203,6 +203,35 @@ class DecoderStack:
         cos = self.cos[positions].view(rows, 1, 1, -1)
         return self._stack(x, cos, self.signed_sin[positions].view(rows, 1, 1, -1), attend)
 
+    def prompts(self, x: torch.Tensor, lengths: list[int], caches: list[KVCache]) -> torch.Tensor:
+        """Several sequences' first tokens, x [1, sum(lengths), H] one after another, each from position 0
+        into its own cache: the projections and MLPs once for all their tokens (one read of the weights),
+        attention within each sequence. Returns the normed hidden states [1, sum(lengths), H]."""
+        bounds = [0]
+        for length in lengths:
+            bounds.append(bounds[-1] + length)
+        positions = torch.cat([torch.arange(length) for length in lengths])
+
+        def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for begin, end, cache in zip(bounds[:-1], bounds[1:], caches, strict=True):
+                keys, values = cache.keys[index], cache.values[index]
+                keys[:, :, : end - begin] = qk[:, q_heads:, begin:end]
+                values[:, :, : end - begin] = new_values[:, :, begin:end]
+                outs.append(
+                    F.scaled_dot_product_attention(
+                        qk[:, :q_heads, begin:end],
+                        keys[:, :, : end - begin],
+                        values[:, :, : end - begin],
+                        is_causal=True,
+                        scale=self.scaling,
+                        enable_gqa=True,
+                    )
+                )
+            return torch.cat(outs, dim=2)
+
+        return self._stack(x, self.cos[positions], self.signed_sin[positions], attend)
+
     def _layers(
         self,
         x: torch.Tensor,
@@ -338,6 +367,17 @@ class TorchSteps(ModelSteps):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.talker_stack.rows_one_token(embeds.to(self.dtype), starts, caches)
         return self.codec_head(hidden[:, -1]).float(), hidden
+
+    def talker_prompts(
+        self, prompts: list[torch.Tensor], caches: list[KVCache]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if len(prompts) == 1:
+            return [self.talker(prompts[0], 0, caches[0])]
+        lengths = [prompt.shape[1] for prompt in prompts]
+        hidden = self.talker_stack.prompts(torch.cat(prompts, dim=1).to(self.dtype), lengths, caches)
+        last = hidden[0, torch.tensor(lengths).cumsum(0) - 1]  # [B, H]: each prompt's last position
+        logits = self.codec_head(last).float()
+        return [(logits[row], last[row].view(1, 1, -1)) for row in range(len(prompts))]
 
     def new_predictor_cache(self) -> KVCache:
         return self.predictor_stack.new_cache(self.layout.num_groups + 1)
