@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import snr_db
 
-from wyoming_qwen3tts.engine.codec import StreamingDecoder, TorchCodec, decode_together
+from wyoming_qwen3tts.engine.codec import BATCHED_PASS_FRAMES, StreamingDecoder, TorchCodec, decode_together
 from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 from wyoming_qwen3tts.engine.seams import MAX_FRAMES_PER_PASS, CodecStep, DecoderState
 
@@ -235,9 +235,9 @@ def test_streams_decoded_together_give_what_each_gives_alone(codes, dtype):
     for stream, done in zip(streams, (0, 30, 75, 10), strict=True):
         stream.decode(codes[..., :done])
     alone = [stream.copy() for stream in streams]
-    chunks = [codes[0, :, 3:6].t(), codes[0, :, 40:43].t(), codes[0, :, 80:83].t(), codes[0, :, 50:58].t()]
+    chunks = [codes[0, :, 3:5].t(), codes[0, :, 40:42].t(), codes[0, :, 80:82].t(), codes[0, :, 50:58].t()]
     together = decode_together(streams, chunks)
-    assert passes == [3]  # the three 3-frame chunks in one pass; the 8-frame one alone
+    assert passes == [3]  # the three 2-frame chunks in one pass; the 8-frame one alone
     tolerance = 1e-5 if dtype == torch.float32 else 0.02
     for got, stream, chunk in zip(together, alone, chunks, strict=True):
         expected = stream.decode(chunk)
@@ -245,7 +245,7 @@ def test_streams_decoded_together_give_what_each_gives_alone(codes, dtype):
         assert (got - expected).abs().max() < tolerance
     # Each stream's state went back to it: the next chunk continues each one's own utterance.
     nxt = codes[..., 60:62]
-    for stream, twin, frames in zip(streams, alone, (3, 33, 78, 18), strict=True):
+    for stream, twin, frames in zip(streams, alone, (2, 32, 77, 18), strict=True):
         assert stream.frames == twin.frames == frames
         assert (stream.decode(nxt) - twin.decode(nxt)).abs().max() < tolerance
     # The check has teeth: a stream given another's state continues that one's utterance, not its own.
@@ -265,8 +265,17 @@ def test_decode_together_of_long_chunks_and_backends_that_decode_one_row(decoder
             return self.inner.decode(chunk, state)
 
     step = OneRow()
+    passes: list[int] = []
+    step.decode_rows = lambda batch, states: (
+        passes.append(batch.shape[0]) or CodecStep.decode_rows(step, batch, states)
+    )
     long = MAX_FRAMES_PER_PASS + 3
     chunks = [codes[0, :, :2].t(), codes[0, :, 5:7].t(), codes[0, :, :long].t()]
     together = decode_together([StreamingDecoder(step) for _ in chunks], chunks)
     for got, chunk in zip(together, chunks, strict=True):
         assert torch.equal(got, StreamingDecoder(step).decode(chunk))
+    assert passes == [2]  # the two 2-frame chunks; the long one in passes of its own
+    # A pass takes at most BATCHED_PASS_FRAMES frames of all its rows: 3-frame chunks two to a pass.
+    passes.clear()
+    decode_together([StreamingDecoder(step) for _ in range(5)], [codes[0, :, :3].t()] * 5)
+    assert BATCHED_PASS_FRAMES == 8 and passes == [2, 2]  # and the fifth alone
