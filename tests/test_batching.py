@@ -13,8 +13,10 @@ differences are printed (pytest -s).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from test_server import same_audio
 
 from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
@@ -158,3 +160,27 @@ def test_a_row_that_ends_leaves_the_others_unchanged(tiny_models, tmp_path):
         for row, frame in zip(active, generator.advance(active), strict=True):
             produced[rows.index(row)] += frame is not None
     assert produced == [3, 6]
+
+
+def test_sentences_started_together_each_get_their_stream_or_their_own_error(tiny_models, tmp_path):
+    """Engine.start_many: a sentence whose prompt cannot be built fails alone; the others start together
+    and speak what each speaks alone."""
+    from wyoming_qwen3tts.requests import EngineError
+    from wyoming_qwen3tts.voices.voice import Voice
+
+    engine = load(tiny_models["custom_voice"], None, tmp_path, max_frames=4)
+    voice = engine.voices()[0]
+    bad = Voice("nobody", "unknown-kind")
+    started = engine.start_many(
+        [(TEXTS[0], voice, "english"), ("Hi.", bad, "english"), (TEXTS[1], voice, "english")]
+    )
+    assert isinstance(started[1], EngineError) and "unknown kind" in str(started[1])
+    streams = [started[0], started[2]]
+    pcm = [b"", b""]
+    while not all(stream.done for stream in streams):
+        live = [i for i, stream in enumerate(streams) if not stream.done]
+        for index, chunk in zip(live, engine.advance([streams[i] for i in live]), strict=True):
+            pcm[index] += chunk
+    for text, audio in zip((TEXTS[0], TEXTS[1]), pcm, strict=True):
+        alone = b"".join(engine.synthesize(text, voice, "english"))
+        assert len(audio) > 0 and same_audio(np.frombuffer(audio, "<i2"), np.frombuffer(alone, "<i2"))
