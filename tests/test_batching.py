@@ -184,3 +184,31 @@ def test_sentences_started_together_each_get_their_stream_or_their_own_error(tin
     for text, audio in zip((TEXTS[0], TEXTS[1]), pcm, strict=True):
         alone = b"".join(engine.synthesize(text, voice, "english"))
         assert len(audio) > 0 and same_audio(np.frombuffer(audio, "<i2"), np.frombuffer(alone, "<i2"))
+
+
+def test_prompts_started_together_share_talker_steps_up_to_a_token_budget(tiny_models, tmp_path, monkeypatch):
+    from wyoming_qwen3tts.engine import loop
+
+    engine = load(tiny_models["custom_voice"], None, tmp_path)
+    voice = engine.voices()[0]
+    generator = engine.frame_generator
+    prompts = [engine.prompt(text, voice, "english") for text in TEXTS]
+    lengths = [prompt.embeds.shape[1] for prompt in prompts]
+    steps: list[list[int]] = []
+    talker_prompts = generator.steps.talker_prompts
+    monkeypatch.setattr(
+        generator.steps,
+        "talker_prompts",
+        lambda embeds, caches: steps.append([e.shape[1] for e in embeds]) or talker_prompts(embeds, caches),
+    )
+    monkeypatch.setattr(loop, "JOINED_PROMPT_TOKENS", lengths[0] + lengths[1])
+    rows = generator.start_rows(prompts, [4, 4, 4])
+    assert steps == [lengths[:2], lengths[2:]]  # the first two fill the budget; the third has its own step
+    expected = [torch.stack(list(generator.frames(prompt, 4))) for prompt in prompts]
+    got: list[list[torch.Tensor]] = [[], [], []]
+    while not all(row.done for row in rows):
+        live = [row for row in rows if not row.done]
+        for row, frame in zip(live, generator.advance(live), strict=True):
+            if frame is not None:
+                got[rows.index(row)].append(frame)
+    assert all(torch.equal(torch.stack(g), e) for g, e in zip(got, expected, strict=True))

@@ -21,6 +21,9 @@ from .seams import EmbeddingTables, ModelSteps
 # Qwen3-TTS suppresses the talker's top 1024 ids (control tokens) except EOS, and EOS in the first frames.
 CONTROL_TOKENS = 1024
 MIN_FRAMES = 2
+# Prompts started together share a talker step up to this many tokens in all: a step's activations stay
+# those of one long prompt (a cloned voice's reference transcript and codes run to hundreds of tokens).
+JOINED_PROMPT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -169,14 +172,26 @@ class FrameGenerator:
         rngs: list[torch.Generator | None] | None = None,
     ) -> list[FrameRow]:
         """New rows for several prompts at once: their prompts run through the talker in one step (one
-        read of its weights for all of them), each into its own cache."""
-        if not prompts:
-            return []
+        read of its weights for all of them; in several if they pass JOINED_PROMPT_TOKENS), each into its
+        own cache."""
         caches = [
             self.steps.new_talker_cache(prompt.embeds.shape[1] + cap + 1)
             for prompt, cap in zip(prompts, max_frames, strict=True)
         ]
-        results = self.steps.talker_prompts([prompt.embeds for prompt in prompts], caches)
+        groups: list[list[int]] = []
+        tokens = 0
+        for index, prompt in enumerate(prompts):
+            length = prompt.embeds.shape[1]
+            if not groups or tokens + length > JOINED_PROMPT_TOKENS:
+                groups.append([])
+                tokens = 0
+            groups[-1].append(index)
+            tokens += length
+        results: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for group in groups:
+            results += self.steps.talker_prompts(
+                [prompts[i].embeds for i in group], [caches[i] for i in group]
+            )
         return [
             FrameRow(prompt, cap, rng, cache, prompt.embeds.shape[1], logits, hidden)
             for prompt, cap, rng, cache, (logits, hidden) in zip(
