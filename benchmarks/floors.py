@@ -44,16 +44,16 @@ def _timed(function: Any) -> float:
 
 def linear_bytes(layer: nn.Module) -> int:
     """The bytes one call of a linear layer reads: its weights (and scales, bias) in the format it holds."""
-    from wyoming_qwen3tts.engine.pytorch.quantize import DynamicInt8Linear, WeightOnlyInt8Linear
+    from wyoming_qwen3tts.engine.pytorch.quantize import DynamicInt8Linear
 
     if isinstance(layer, DynamicInt8Linear):
         weight = layer.out_features * (layer.in_features + 2) + 4 * layer.out_features  # int8 + f32 scales
         return weight + (0 if layer.bias is None else 4 * layer.out_features)
-    if isinstance(layer, WeightOnlyInt8Linear | nn.Linear):
-        return sum(
-            t.numel() * t.element_size() for t in [*layer.parameters(), *layer.buffers()] if t is not None
-        )
-    raise TypeError(f"no byte count for {type(layer).__name__}")
+    # Others (nn.Linear, weight-only int8, IPEX's packed linears) hold what they read as tensors.
+    held = sum(t.numel() * t.element_size() for t in [*layer.parameters(), *layer.buffers()] if t is not None)
+    if not held:
+        raise TypeError(f"no byte count for {type(layer).__name__}")
+    return held
 
 
 def _stack_bytes(stack: Any) -> int:

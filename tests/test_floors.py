@@ -89,3 +89,22 @@ def test_an_openvino_predictor_reads_its_export_files_a_frame(tiny_models, tmp_p
     assert expected["predictor"] <= read["predictor"] <= 1.1 * expected["predictor"]
     floor = floors(split)
     assert floor is not None and floor["ms"]["code predictor (15 steps)"] > 0
+
+
+def test_a_linear_of_another_library_reads_the_tensors_it_holds():
+    """IPEX swaps in its own linear classes; their bytes are the weights (and buffers) they hold."""
+    import torch
+    from torch import nn
+
+    from benchmarks.floors import linear_bytes
+
+    class Packed(nn.Module):  # a stand-in for a library's packed linear
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(48, 64, dtype=torch.bfloat16))
+            self.register_buffer("scales", torch.zeros(48))
+
+    assert linear_bytes(Packed()) == 48 * 64 * 2 + 48 * 4
+    assert linear_bytes(nn.Linear(64, 48)) == (48 * 64 + 48) * 4
+    with pytest.raises(TypeError):
+        linear_bytes(nn.Identity())  # nothing held: no byte count, not a floor of zero
