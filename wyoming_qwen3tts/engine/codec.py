@@ -105,12 +105,8 @@ def decode_together(decoders: list[StreamingDecoder], chunks: list[torch.Tensor]
     samples: list[torch.Tensor | None] = [None] * len(decoders)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, (decoder, chunk) in enumerate(zip(decoders, chunks, strict=True)):
-        length = chunk.shape[0]
-        if length > decoder.step.max_frames_per_pass:
-            samples[index] = decoder.decode(chunk)
-        else:
-            groups.setdefault((id(decoder.step), length), []).append(index)
-    passes = []
+        groups.setdefault((id(decoder.step), chunk.shape[0]), []).append(index)
+    passes = []  # a chunk longer than BATCHED_PASS_FRAMES goes alone, and decode() splits it as it must
     for (_step, length), indices in groups.items():
         rows = max(1, BATCHED_PASS_FRAMES // length)
         passes += [indices[start : start + rows] for start in range(0, len(indices), rows)]
@@ -153,9 +149,6 @@ class TorchCodec(CodecStep):
         self, codes: torch.Tensor, states: list[DecoderState]
     ) -> tuple[torch.Tensor, list[DecoderState]]:
         """B streams in one pass of the graph: their states stacked on the batch axis, then split again."""
-        if len(states) == 1:
-            wav, state = self.decode(codes, states[0])
-            return wav.unsqueeze(0), [state]
         with torch.inference_mode():
             device = states[0].keys[0].device
             frames = torch.tensor([state.frames for state in states], device=device)

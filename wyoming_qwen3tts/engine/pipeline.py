@@ -277,29 +277,35 @@ class PipelineEngine(Engine):
         """Several sentences' prompts through the talker in one step; a sentence whose prompt cannot be
         built gets its error and the others start. Should the joint step fail, each starts alone, so
         only the sentence at fault gets the error."""
-        started: list[EngineStream | Exception | None] = [None] * len(sentences)
-        ready: list[tuple[int, TalkerPrompt, int, Voice]] = []
-        for index, (text, voice, language) in enumerate(sentences):
+        started: list[EngineStream | Exception | None] = []
+        ready: list[tuple[int, TalkerPrompt, int, Voice]] = []  # (index in started, prompt, cap, voice)
+        for text, voice, language in sentences:
             try:
-                ready.append((index, self.prompt(text, voice, language), self.frame_cap(text), voice))
+                prompt = self.prompt(text, voice, language)
             except Exception as err:
-                started[index] = err
-        rows: list[FrameRow] | None = None
+                started.append(err)
+                continue
+            ready.append((len(started), prompt, self.frame_cap(text), voice))
+            started.append(None)  # until its stream is made below
+        for (index, *_), stream in zip(ready, self._start_rows(ready), strict=True):
+            started[index] = stream
+        return started  # type: ignore[return-value]  # no None is left
+
+    def _start_rows(
+        self, ready: list[tuple[int, TalkerPrompt, int, Voice]]
+    ) -> list[EngineStream | Exception]:
+        """The streams of prompts started together, or each one's error: should the joint step fail,
+        each starts alone, so only the prompt at fault gets an error."""
         try:
-            rows = self.frame_generator.start_rows([r[1] for r in ready], [r[2] for r in ready])
+            rows = self.frame_generator.start_rows([item[1] for item in ready], [item[2] for item in ready])
         except Exception as err:
             if len(ready) == 1:
-                started[ready[0][0]] = err
-                ready = []
-            else:
-                _LOGGER.exception("Starting %d sentences together failed; starting each alone", len(ready))
-        if rows is not None:
-            for (index, _prompt, _cap, voice), row in zip(ready, rows, strict=True):
-                started[index] = SentenceStream(row, self._decoder_for(voice))
-            ready = []
-        for index, _prompt, _cap, _voice in ready:
-            [started[index]] = super().start_many([sentences[index]])
-        return started  # type: ignore[return-value]  # every entry set above
+                return [err]
+            _LOGGER.exception("Starting %d sentences together failed; starting each alone", len(ready))
+            return [stream for item in ready for stream in self._start_rows([item])]
+        return [
+            SentenceStream(row, self._decoder_for(item[3])) for item, row in zip(ready, rows, strict=True)
+        ]
 
     def advance(self, streams: Sequence[SentenceStream]) -> list[bytes]:  # type: ignore[override]
         """One frame for every stream in one batched pass; each stream's PCM that is due now (the chunks
