@@ -49,8 +49,12 @@ def linear_bytes(layer: nn.Module) -> int:
     if isinstance(layer, DynamicInt8Linear):
         weight = layer.out_features * (layer.in_features + 2) + 4 * layer.out_features  # int8 + f32 scales
         return weight + (0 if layer.bias is None else 4 * layer.out_features)
-    # Others (nn.Linear, weight-only int8, IPEX's packed linears) hold what they read as tensors.
+    # Others (nn.Linear, weight-only int8, IPEX's packed linears) hold what they read as tensors: as
+    # parameters and buffers, or (IPEX's weight-only int8) as a plain `weight` attribute.
     held = sum(t.numel() * t.element_size() for t in [*layer.parameters(), *layer.buffers()] if t is not None)
+    weight = getattr(layer, "weight", None)
+    if not held and isinstance(weight, torch.Tensor):
+        held = weight.numel() * weight.element_size()
     if not held:
         raise TypeError(f"no byte count for {type(layer).__name__}")
     return held

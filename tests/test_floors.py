@@ -104,7 +104,13 @@ def test_a_linear_of_another_library_reads_the_tensors_it_holds():
             self.weight = nn.Parameter(torch.zeros(48, 64, dtype=torch.bfloat16))
             self.register_buffer("scales", torch.zeros(48))
 
+    class Attribute(nn.Module):  # IPEX's weight-only int8 linear keeps its weight as a plain attribute
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.zeros(64, 64, dtype=torch.int8)
+
     assert linear_bytes(Packed()) == 48 * 64 * 2 + 48 * 4
+    assert linear_bytes(Attribute()) == 64 * 64
     assert linear_bytes(nn.Linear(64, 48)) == (48 * 64 + 48) * 4
     with pytest.raises(TypeError):
         linear_bytes(nn.Identity())  # nothing held: no byte count, not a floor of zero
