@@ -184,21 +184,20 @@ class DecoderStack:
         positions = torch.tensor(starts)
 
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
-            outs = []
-            for row, (start, cache) in enumerate(zip(starts, caches, strict=True)):
-                keys, values = cache.keys[index], cache.values[index]
-                keys[:, :, start : start + 1] = qk[row : row + 1, q_heads:]
-                values[:, :, start : start + 1] = new_values[row : row + 1]
-                outs.append(
-                    F.scaled_dot_product_attention(
-                        qk[row : row + 1, :q_heads],
-                        keys[:, :, : start + 1],
-                        values[:, :, : start + 1],
-                        scale=self.scaling,
-                        enable_gqa=True,
+            return torch.cat(
+                [
+                    self._cached_attention(
+                        cache.keys[index],
+                        cache.values[index],
+                        start,
+                        qk[row : row + 1],
+                        q_heads,
+                        new_values[row : row + 1],
+                        causal=False,
                     )
-                )
-            return torch.cat(outs)
+                    for row, (start, cache) in enumerate(zip(starts, caches, strict=True))
+                ]
+            )
 
         cos = self.cos[positions].view(rows, 1, 1, -1)
         return self._stack(x, cos, self.signed_sin[positions].view(rows, 1, 1, -1), attend)
@@ -213,22 +212,21 @@ class DecoderStack:
         positions = torch.cat([torch.arange(length) for length in lengths])
 
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
-            outs = []
-            for begin, end, cache in zip(bounds[:-1], bounds[1:], caches, strict=True):
-                keys, values = cache.keys[index], cache.values[index]
-                keys[:, :, : end - begin] = qk[:, q_heads:, begin:end]
-                values[:, :, : end - begin] = new_values[:, :, begin:end]
-                outs.append(
-                    F.scaled_dot_product_attention(
-                        qk[:, :q_heads, begin:end],
-                        keys[:, :, : end - begin],
-                        values[:, :, : end - begin],
-                        is_causal=True,
-                        scale=self.scaling,
-                        enable_gqa=True,
+            return torch.cat(
+                [
+                    self._cached_attention(
+                        cache.keys[index],
+                        cache.values[index],
+                        0,
+                        qk[:, :, begin:end],
+                        q_heads,
+                        new_values[:, :, begin:end],
+                        causal=True,
                     )
-                )
-            return torch.cat(outs, dim=2)
+                    for begin, end, cache in zip(bounds[:-1], bounds[1:], caches, strict=True)
+                ],
+                dim=2,
+            )
 
         return self._stack(x, self.cos[positions], self.signed_sin[positions], attend)
 
@@ -244,19 +242,35 @@ class DecoderStack:
         end = start + x.shape[1]
 
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
-            keys, values = keys_per_layer[index], values_per_layer[index]
-            keys[:, :, start:end] = qk[:, q_heads:]
-            values[:, :, start:end] = new_values
-            return F.scaled_dot_product_attention(
-                qk[:, :q_heads],
-                keys[:, :, :end],
-                values[:, :, :end],
-                is_causal=causal,
-                scale=self.scaling,
-                enable_gqa=True,
+            return self._cached_attention(
+                keys_per_layer[index], values_per_layer[index], start, qk, q_heads, new_values, causal
             )
 
         return self._stack(x, self.cos[start:end], self.signed_sin[start:end], attend)
+
+    def _cached_attention(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        qk: torch.Tensor,
+        q_heads: int,
+        new_values: torch.Tensor,
+        causal: bool,
+    ) -> torch.Tensor:
+        """Write the new keys (qk's heads after the q heads) and values at start.. of one layer's cache,
+        then attend the q heads over the cache up to them."""
+        end = start + qk.shape[2]
+        keys[:, :, start:end] = qk[:, q_heads:]
+        values[:, :, start:end] = new_values
+        return F.scaled_dot_product_attention(
+            qk[:, :q_heads],
+            keys[:, :, :end],
+            values[:, :, :end],
+            is_causal=causal,
+            scale=self.scaling,
+            enable_gqa=True,
+        )
 
     def _stack(
         self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, attend: Attend
