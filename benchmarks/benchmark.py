@@ -59,6 +59,7 @@ class BenchmarkSetting:
     torch28: bool = False  # run in .venv-ipex (torch 2.8, script/setup --ipex); every ipex row does
     compile: bool = False  # --compile (engine/pytorch/compiled_steps.py); its compiling counts in load s
     predictor: str = "pytorch"  # --predictor: the code predictor on PyTorch or an OpenVINO export of it
+    trace: bool = True  # --trace-steps (engine/pytorch/traced_steps.py); False: the steps run eagerly
 
     @property
     def backend(self) -> str:
@@ -80,6 +81,7 @@ SETTINGS = {
         BenchmarkSetting("engine-float32-compiled", "engine", "float32", compile=True),
         BenchmarkSetting("engine-bfloat16-compiled", "engine", "bfloat16", compile=True),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
+        BenchmarkSetting("engine-int8-untraced", "engine", "auto", "int8", trace=False),
         BenchmarkSetting("engine-int8-ov-predictor", "engine", "auto", "int8", predictor="openvino-int4"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
         BenchmarkSetting("server-http", "server", "auto", "auto", http=True),
@@ -231,6 +233,7 @@ def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, thr
             quantize=setting.quantize,
             compile=setting.compile,
             predictor=setting.predictor,
+            trace_steps=setting.trace,
         ),
         openvino=openvino,
     )

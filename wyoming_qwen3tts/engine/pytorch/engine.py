@@ -32,6 +32,7 @@ from .options import TorchOptions
 from .precision import Precision, choose_precision
 from .quantize import KERNELS
 from .steps import LinearFactory, TorchSteps, keep_float
+from .traced_steps import trace_steps
 
 __all__ = ["PyTorchEngine", "apply_precision", "configure_threads", "to_pcm16"]
 
@@ -150,6 +151,11 @@ class PyTorchEngine(PipelineEngine):
         description = f"{self.precision.describe()}; {threads} threads"
         if torch_options.compile:
             description += f"; {self._compile(torch_steps)}"
+        if (
+            torch_options.trace_steps
+            and torch_steps.talker_stack.one_token == torch_steps.talker_stack.eager_one_token
+        ):
+            description += f"; {trace_steps(torch_steps)}"  # what --compile compiled stays compiled
         steps: ModelSteps = torch_steps
         if predictor_export is not None:
             from ..openvino.predictor import load_predictor

@@ -28,6 +28,7 @@ class TorchOptions:
     attn: str = "sdpa"  # attention implementation while loading
     quantize: str = "auto"  # auto: int8 where this CPU has a fast int8 kernel
     compile: bool = False  # torch.compile the float talker/predictor steps (compiled_steps.py)
+    trace_steps: bool = True  # record the one-token steps as TorchScript graphs (traced_steps.py)
     predictor: str = "pytorch"  # PREDICTORS: beside the talker, or an OpenVINO export of it
 
     def resolved_dtype(self, native_bf16: bool | None = None) -> str:
@@ -65,6 +66,14 @@ TORCH_FLAGS = FlagGroup(
             "torch.compile the talker's and code predictor's steps when their weights are float (--quantize "
             "none): measured ~5 %% faster in float32 on an AVX2 CPU, minutes of compiling at every start, "
             "needs a C++ compiler",
+            boolean,
+            action=argparse.BooleanOptionalAction,
+        ),
+        Flag(
+            "trace_steps",
+            ("QWEN3TTS_TRACE_STEPS",),
+            "record the talker's and code predictor's one-token steps with torch.jit.trace, so their small "
+            "ops run from C++ (a quarter faster a frame: docs/speed.md); --no-trace-steps runs them eagerly",
             boolean,
             action=argparse.BooleanOptionalAction,
         ),

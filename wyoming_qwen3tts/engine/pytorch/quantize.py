@@ -92,11 +92,14 @@ class DynamicInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
         rows = flat.shape[0]
-        pinned = self._pinned.get(rows)
+        # A traced step (traced_steps.py) makes its own buffer each call: a kept one would be recorded
+        # as a constant of the recording, shared with the eager calls.
+        tracing = torch.jit.is_tracing()
+        pinned = None if tracing else self._pinned.get(rows)
         if pinned is None:
             pinned = torch.empty(rows, self.in_features + 2)
             pinned[:, self.in_features :] = torch.tensor([1.0, -1.0])
-            if rows <= PINNED_ROWS_KEPT:
+            if rows <= PINNED_ROWS_KEPT and not tracing:
                 self._pinned[rows] = pinned
         peak = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
         torch.div(flat, peak, out=pinned[:, : self.in_features])

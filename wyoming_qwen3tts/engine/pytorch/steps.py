@@ -28,11 +28,13 @@ class KVCache:
 
 
 LinearFactory = Callable[[nn.Linear], nn.Module]
-# (x [1, 1, H], position, keys per layer, values per layer) -> normed hidden states [1, 1, H]
+# (x [B, 1, H], position, keys per layer, values per layer) -> normed hidden states [B, 1, H]
 # (layer index, q and k heads after RoPE [B, heads, n, D], q heads, new values [B, kv, n, D]) -> attention
 # output [B, q heads, n, D]: writes the new keys and values into the cache and attends over it.
 Attend = Callable[[int, torch.Tensor, int, torch.Tensor], torch.Tensor]
 OneTokenStep = Callable[[torch.Tensor, int, list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
+# (x [B, 1, H], cos, signed sin, cache views) -> normed hidden states [B, 1, H]: see DecoderStack.on_views.
+ViewsStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]], torch.Tensor]
 
 
 def keep_float(linear: nn.Linear) -> nn.Module:
@@ -65,7 +67,7 @@ class _Norm:
     """A qwen-tts RMSNorm as one fused call (it casts to float32 and back: six ops per call)."""
 
     def __init__(self, norm: Any) -> None:
-        self.weight = norm.weight
+        self.weight = norm.weight.detach()  # the same storage; a traced step takes it as a constant
         self.eps = norm.variance_epsilon
         self.shape = tuple(norm.weight.shape)
 
@@ -141,8 +143,10 @@ class DecoderStack:
         # x * cos + roll(x, half) * signed_sin: the sign moves into the table, 3 ops instead of 7.
         half = self.head_dim // 2
         self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
-        # The step generation repeats; compiled_steps.py may put a compiled one here.
+        # The step generation repeats; compiled_steps.py may put a compiled one here, and traced_steps.py
+        # a recorded one in on_views.
         self.one_token: OneTokenStep = self.eager_one_token
+        self.on_views: ViewsStep = self.eager_on_views
 
     def new_cache(self, max_len: int, rows: int = 1) -> KVCache:
         """An uninitialised cache for max_len positions of `rows` sequences that step together."""
@@ -161,16 +165,19 @@ class DecoderStack:
         if n == 1:
             if x.shape[0] == 1:
                 return self.one_token(x, start, cache.keys, cache.values)
-            return self._layers(x, start, cache.keys, cache.values, causal=False)
+            return self.eager_one_token(x, start, cache.keys, cache.values)
         if start != 0:
             raise ValueError("multi-token steps only at the start of a sequence")
-        return self._layers(x, start, cache.keys, cache.values, causal=True)
+        return self._from_start(x, cache)
 
     def eager_one_token(
         self, x: torch.Tensor, start: int, keys: list[torch.Tensor], values: list[torch.Tensor]
     ) -> torch.Tensor:
-        """One token at position start, op by op (what --compile compiles; prompts stay uncompiled)."""
-        return self._layers(x, start, keys, values, causal=False)
+        """One token at position start for the B rows of one cache (what --compile compiles; prompts stay
+        uncompiled)."""
+        end = start + 1
+        views = [cached[:, :, :end] for pair in zip(keys, values, strict=True) for cached in pair]
+        return self.on_views(x, self.cos[start:end], self.signed_sin[start:end], views)
 
     def rows_one_token(self, x: torch.Tensor, starts: list[int], caches: list[KVCache]) -> torch.Tensor:
         """One token for each of B sequences [B, 1, H], each at its own position with its own cache.
@@ -182,25 +189,44 @@ class DecoderStack:
             return self.one_token(x, starts[0], caches[0].keys, caches[0].values)
         rows = x.shape[0]
         positions = torch.tensor(starts)
+        views = [
+            cached[:, :, : start + 1]
+            for index in range(len(self.layers))
+            for start, cache in zip(starts, caches, strict=True)
+            for cached in (cache.keys[index], cache.values[index])
+        ]
+        cos = self.cos[positions].view(rows, 1, 1, -1)
+        return self.on_views(x, cos, self.signed_sin[positions].view(rows, 1, 1, -1), views)
+
+    def eager_on_views(
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, views: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """One token for x's B rows, each written at the end of its cache views and attending over them.
+
+        views holds, layer by layer and cache by cache, the keys and values of each cache up to and
+        including the new token's position. With one cache its B rows step together in it; with C caches
+        (B == C) each row has its own. Only tensors and their shapes come in, no positions, so the same
+        code serves every step: traced_steps.py records it once per shape.
+        """
+        caches = len(views) // (2 * len(self.layers))
+        per_cache = x.shape[0] // caches
 
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
-            return torch.cat(
-                [
-                    self._cached_attention(
-                        cache.keys[index],
-                        cache.values[index],
-                        start,
-                        qk[row : row + 1],
-                        q_heads,
-                        new_values[row : row + 1],
-                        causal=False,
+            outs = []
+            for cache in range(caches):
+                keys, values = views[2 * (index * caches + cache)], views[2 * (index * caches + cache) + 1]
+                rows = slice(cache * per_cache, (cache + 1) * per_cache)
+                own_qk, own_values = (qk, new_values) if caches == 1 else (qk[rows], new_values[rows])
+                keys[:, :, -1:] = own_qk[:, q_heads:]
+                values[:, :, -1:] = own_values
+                outs.append(
+                    F.scaled_dot_product_attention(
+                        own_qk[:, :q_heads], keys, values, scale=self.scaling, enable_gqa=True
                     )
-                    for row, (start, cache) in enumerate(zip(starts, caches, strict=True))
-                ]
-            )
+                )
+            return outs[0] if caches == 1 else torch.cat(outs)
 
-        cos = self.cos[positions].view(rows, 1, 1, -1)
-        return self._stack(x, cos, self.signed_sin[positions].view(rows, 1, 1, -1), attend)
+        return self._stack(x, cos, signed_sin, attend)
 
     def prompts(self, x: torch.Tensor, lengths: list[int], caches: list[KVCache]) -> torch.Tensor:
         """Several sequences' first tokens, x [1, sum(lengths), H] one after another, each from position 0
@@ -214,14 +240,12 @@ class DecoderStack:
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
             return torch.cat(
                 [
-                    self._cached_attention(
+                    self._attention_from_start(
                         cache.keys[index],
                         cache.values[index],
-                        0,
                         qk[:, :, begin:end],
                         q_heads,
                         new_values[:, :, begin:end],
-                        causal=True,
                     )
                     for begin, end, cache in zip(bounds[:-1], bounds[1:], caches, strict=True)
                 ],
@@ -230,44 +254,33 @@ class DecoderStack:
 
         return self._stack(x, self.cos[positions], self.signed_sin[positions], attend)
 
-    def _layers(
-        self,
-        x: torch.Tensor,
-        start: int,
-        keys_per_layer: list[torch.Tensor],
-        values_per_layer: list[torch.Tensor],
-        causal: bool,
-    ) -> torch.Tensor:
-        """x [B, n, H] at positions start.. of one cache (B rows stepping together)."""
-        end = start + x.shape[1]
+    def _from_start(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """x [B, n, H] at positions 0..n-1 of one cache (B rows stepping together)."""
+        n = x.shape[1]
 
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
-            return self._cached_attention(
-                keys_per_layer[index], values_per_layer[index], start, qk, q_heads, new_values, causal
-            )
+            return self._attention_from_start(cache.keys[index], cache.values[index], qk, q_heads, new_values)
 
-        return self._stack(x, self.cos[start:end], self.signed_sin[start:end], attend)
+        return self._stack(x, self.cos[:n], self.signed_sin[:n], attend)
 
-    def _cached_attention(
+    def _attention_from_start(
         self,
         keys: torch.Tensor,
         values: torch.Tensor,
-        start: int,
         qk: torch.Tensor,
         q_heads: int,
         new_values: torch.Tensor,
-        causal: bool,
     ) -> torch.Tensor:
-        """Write the new keys (qk's heads after the q heads) and values at start.. of one layer's cache,
-        then attend the q heads over the cache up to them."""
-        end = start + qk.shape[2]
-        keys[:, :, start:end] = qk[:, q_heads:]
-        values[:, :, start:end] = new_values
+        """Write the first keys (qk's heads after the q heads) and values of one layer's cache, then
+        attend the q heads over them, causally."""
+        end = qk.shape[2]
+        keys[:, :, :end] = qk[:, q_heads:]
+        values[:, :, :end] = new_values
         return F.scaled_dot_product_attention(
             qk[:, :q_heads],
             keys[:, :, :end],
             values[:, :, :end],
-            is_causal=causal,
+            is_causal=True,
             scale=self.scaling,
             enable_gqa=True,
         )

@@ -1,0 +1,107 @@
+"""The one-token steps recorded as TorchScript graphs: their small ops dispatched from C++, not Python.
+
+A one-token step runs ~70 small operations a layer around its four matrix products (norms, RoPE,
+cache writes, attention, the int8 kernels' own scaling), and a frame runs 28 talker layers and
+15 x 5 predictor layers: with Python dispatching each of them, that overhead cost as much as a third
+of the code predictor's time. `torch.jit.trace` records a step once and replays it from C++. It needs
+no compiler (unlike torch.compile, compiled_steps.py), takes a fraction of a second, and computes
+exactly what the eager step computes (same kernels, same order: tests/test_traced_steps.py).
+
+A recording holds shapes, so there is one per shape: the number of rows and of caches stepping
+together (`DecoderStack.on_views` takes the caches as views ending at the new token, so positions
+never enter a recording). Each is made the first time its shape steps. Should torch refuse to trace
+(torch.jit is deprecated and may one day go), the steps stay eager and the log says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from .steps import DecoderStack, TorchSteps
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class _StepModule(nn.Module):
+    """A DecoderStack's on-views step as a module: its layers' linears are submodules, as the tracer
+    needs for the packed int8 weights (script objects) they hold."""
+
+    def __init__(self, stack: DecoderStack) -> None:
+        super().__init__()
+        self.stack = stack
+        self.linears = nn.ModuleList(
+            linear for layer in stack.layers for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        )
+        self.norm = stack.norm
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, views: list[torch.Tensor]
+    ) -> torch.Tensor:
+        return self.stack.eager_on_views(x, cos, signed_sin, views)
+
+
+class TracedViews:
+    """Stands in DecoderStack.on_views: the recording for the call's shape, made on its first call."""
+
+    def __init__(self, stack: DecoderStack) -> None:
+        self._stack = stack
+        self._module = _StepModule(stack)
+        self._recordings: dict[tuple, torch.jit.ScriptModule] = {}
+        self.failed: str | None = None  # why tracing was given up, once it was
+
+    def __call__(
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, views: list[torch.Tensor]
+    ) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, tuple(cos.shape), len(views))
+        recording = self._recordings.get(key)
+        if recording is None:
+            if self.failed is not None:
+                return self._stack.eager_on_views(x, cos, signed_sin, views)
+            recording = self._record(key, x, cos, signed_sin, views)
+            if recording is None:
+                return self._stack.eager_on_views(x, cos, signed_sin, views)
+        return recording(x, cos, signed_sin, views)
+
+    def _record(
+        self,
+        key: tuple,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        signed_sin: torch.Tensor,
+        views: list[torch.Tensor],
+    ) -> torch.jit.ScriptModule | None:
+        """Trace the step on this call's own inputs (it writes the same keys and values the real step
+        then writes again)."""
+        started = time.monotonic()
+        try:
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")  # the deprecation of torch.jit; tracer notes on constants
+                recording = torch.jit.trace(self._module, (x, cos, signed_sin, views), check_trace=False)
+        except Exception as err:  # a torch without torch.jit, or a layer it cannot trace
+            self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            _LOGGER.warning("Steps run untraced (slower): tracing failed with %s", self.failed)
+            return None
+        self._recordings[key] = recording
+        _LOGGER.debug(
+            "Traced a %d-layer step for %s in %.2f s",
+            len(self._stack.layers),
+            key,
+            time.monotonic() - started,
+        )
+        return recording
+
+
+def trace_steps(steps: TorchSteps) -> str:
+    """Put traced one-token steps into both stacks (the talker's alone when another backend runs the
+    predictor); return what happened, for the load log line."""
+    stacks = [steps.talker_stack]
+    if hasattr(steps, "predictor_stack"):
+        stacks.append(steps.predictor_stack)
+    for stack in stacks:
+        stack.on_views = TracedViews(stack)
+    return "steps traced"
