@@ -48,7 +48,7 @@ def same_caches(a: list[KVCache], b: list[KVCache]) -> bool:
     return all(
         torch.equal(x, y)
         for c, d in zip(a, b, strict=True)
-        for x, y in zip((*c.keys, *c.values), (*d.keys, *d.values))
+        for x, y in zip((*c.keys, *c.values), (*d.keys, *d.values), strict=True)
     )
 
 
