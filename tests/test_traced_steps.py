@@ -1,7 +1,8 @@
 """Traced one-token steps (engine/pytorch/traced_steps.py) compute exactly what the eager steps compute.
 
 On the tiny model loaded through the real path, float32 and int8 weights: the talker alone, the talker
-with three rows at their own positions in their own caches, the predictor with three rows of one cache;
+with three rows at their own positions in their own caches, the predictor with three rows of one cache
+and a frame's first predictor step (two tokens a row);
 hidden states and every cache written bit for bit equal to the eager step's. One recording per shape,
 made on its first call; should tracing fail, the steps stay eager and still speak.
 """
@@ -96,11 +97,21 @@ def test_traced_steps_write_and_return_what_the_eager_steps_do(tiny_models, tmp_
                 [filled_cache(predictor, 17, count, 7)],
             )
             assert torch.equal(eager, traced) and same_caches(eager_caches, caches)
-    # The step changed what it wrote: the comparison above could fail.
-    assert not torch.equal(caches[0].keys[0][:, :, 4], filled_cache(predictor, 17, 1, 7).keys[0][:, :, 4])
-    # One recording per shape: the talker's one row and three rows, the predictor's three rows and one.
+        # The step changed what it wrote: the comparison above could fail.
+        assert not torch.equal(caches[0].keys[0][:, :, 4], filled_cache(predictor, 17, 1, 7).keys[0][:, :, 4])
+        # A frame's first predictor step: two tokens for each of three rows, from the start of their cache.
+        pairs = torch.randn(3, 2, small, generator=torch.Generator().manual_seed(8))
+        eager, eager_caches, traced, caches = eager_and_traced(
+            predictor, lambda c: predictor.forward(pairs, 0, c[0]), [filled_cache(predictor, 17, 3, 9)]
+        )
+        assert torch.equal(eager, traced) and same_caches(eager_caches, caches)
+        # A talker prompt (its length new with every sentence) runs eagerly: nothing recorded for it.
+        prompt = torch.randn(1, 9, width, generator=torch.Generator().manual_seed(10))
+        talker.forward(prompt, 0, filled_cache(talker, 12, 1, 11))
+    # One recording per shape: the talker's one row and three rows; the predictor's three rows and one,
+    # and three rows of two tokens.
     assert len(talker.on_views._recordings) == 2
-    assert len(predictor.on_views._recordings) == 2
+    assert len(predictor.on_views._recordings) == 3
 
 
 def test_each_shape_is_recorded_once_whatever_the_position(tiny_models, tmp_path, monkeypatch):

@@ -168,7 +168,8 @@ class DecoderStack:
             return self.eager_one_token(x, start, cache.keys, cache.values)
         if start != 0:
             raise ValueError("multi-token steps only at the start of a sequence")
-        return self._from_start(x, cache)
+        views = [cached[:, :, :n] for pair in zip(cache.keys, cache.values, strict=True) for cached in pair]
+        return self.on_views(x, self.cos[:n], self.signed_sin[:n], views)
 
     def eager_one_token(
         self, x: torch.Tensor, start: int, keys: list[torch.Tensor], values: list[torch.Tensor]
@@ -201,15 +202,17 @@ class DecoderStack:
     def eager_on_views(
         self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, views: list[torch.Tensor]
     ) -> torch.Tensor:
-        """One token for x's B rows, each written at the end of its cache views and attending over them.
+        """x's tokens for its B rows, written at the end of their cache views and attending over them.
 
         views holds, layer by layer and cache by cache, the keys and values of each cache up to and
-        including the new token's position. With one cache its B rows step together in it; with C caches
-        (B == C) each row has its own. Only tensors and their shapes come in, no positions, so the same
-        code serves every step: traced_steps.py records it once per shape.
+        including the new tokens' positions. With one cache its B rows step together in it; with C caches
+        (B == C) each row has its own. Several tokens only from the start of one cache (views of just
+        their length: they attend causally). Only tensors and their shapes come in, no positions, so the
+        same code serves every step: traced_steps.py records it once per shape.
         """
         caches = len(views) // (2 * len(self.layers))
         per_cache = x.shape[0] // caches
+        n = int(x.shape[1])  # a plain int (traced: a constant of the recording, which is per shape)
 
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
             outs = []
@@ -217,11 +220,16 @@ class DecoderStack:
                 keys, values = views[2 * (index * caches + cache)], views[2 * (index * caches + cache) + 1]
                 rows = slice(cache * per_cache, (cache + 1) * per_cache)
                 own_qk, own_values = (qk, new_values) if caches == 1 else (qk[rows], new_values[rows])
-                keys[:, :, -1:] = own_qk[:, q_heads:]
-                values[:, :, -1:] = own_values
+                keys[:, :, -n:] = own_qk[:, q_heads:]
+                values[:, :, -n:] = own_values
                 outs.append(
                     F.scaled_dot_product_attention(
-                        own_qk[:, :q_heads], keys, values, scale=self.scaling, enable_gqa=True
+                        own_qk[:, :q_heads],
+                        keys,
+                        values,
+                        is_causal=n > 1,
+                        scale=self.scaling,
+                        enable_gqa=True,
                     )
                 )
             return outs[0] if caches == 1 else torch.cat(outs)
@@ -253,15 +261,6 @@ class DecoderStack:
             )
 
         return self._stack(x, self.cos[positions], self.signed_sin[positions], attend)
-
-    def _from_start(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """x [B, n, H] at positions 0..n-1 of one cache (B rows stepping together)."""
-        n = x.shape[1]
-
-        def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
-            return self._attention_from_start(cache.keys[index], cache.values[index], qk, q_heads, new_values)
-
-        return self._stack(x, self.cos[:n], self.signed_sin[:n], attend)
 
     def _attention_from_start(
         self,

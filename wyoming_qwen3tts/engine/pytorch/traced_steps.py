@@ -48,8 +48,9 @@ class _StepModule(nn.Module):
 class TracedViews:
     """Stands in DecoderStack.on_views: the recording for the call's shape, made on its first call."""
 
-    def __init__(self, stack: DecoderStack) -> None:
+    def __init__(self, stack: DecoderStack, max_tokens: int = 1) -> None:
         self._stack = stack
+        self._max_tokens = max_tokens  # longer inputs (prompts, of a new length each sentence) run eagerly
         self._module = _StepModule(stack)
         self._recordings: dict[tuple, torch.jit.ScriptModule] = {}
         self.failed: str | None = None  # why tracing was given up, once it was
@@ -60,7 +61,7 @@ class TracedViews:
         key = (tuple(x.shape), x.dtype, tuple(cos.shape), len(views))
         recording = self._recordings.get(key)
         if recording is None:
-            if self.failed is not None:
+            if self.failed is not None or x.shape[1] > self._max_tokens:
                 return self._stack.eager_on_views(x, cos, signed_sin, views)
             recording = self._record(key, x, cos, signed_sin, views)
             if recording is None:
@@ -99,9 +100,8 @@ class TracedViews:
 def trace_steps(steps: TorchSteps) -> str:
     """Put traced one-token steps into both stacks (the talker's alone when another backend runs the
     predictor); return what happened, for the load log line."""
-    stacks = [steps.talker_stack]
+    steps.talker_stack.on_views = TracedViews(steps.talker_stack)
     if hasattr(steps, "predictor_stack"):
-        stacks.append(steps.predictor_stack)
-    for stack in stacks:
-        stack.on_views = TracedViews(stack)
+        # A frame's first predictor step takes two tokens: the talker's hidden state and codebook 0.
+        steps.predictor_stack.on_views = TracedViews(steps.predictor_stack, max_tokens=2)
     return "steps traced"
