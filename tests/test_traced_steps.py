@@ -163,3 +163,31 @@ def test_no_trace_steps_leaves_the_steps_eager(tiny_models, tmp_path):
     traced = load(tiny_models["custom_voice"], tmp_path)
     assert isinstance(traced.frame_generator.steps.talker_stack.on_views, TracedViews)
     assert "steps traced" in traced.parts.description
+
+
+def test_warmup_records_every_batch_size_so_requests_that_meet_record_nothing(
+    tiny_models, tmp_path, monkeypatch
+):
+    engine = load(tiny_models["custom_voice"], tmp_path)
+    engine.warmup(rows=3)
+    steps = engine.frame_generator.steps
+    recorded = (len(steps.talker_stack.on_views._recordings), len(steps.predictor_stack.on_views._recordings))
+    # Talker: one row, two and three rows in their own caches; predictor: 1-3 rows, of one and two tokens.
+    assert recorded == (3, 6)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a step was recorded after the warm-up")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    voice = engine.voices()[0]
+    # Texts of different lengths end at different frames: three rows, then two, then one.
+    texts = [
+        "Good morning.",
+        "Turn on the kitchen light, please.",
+        "The front door is locked and the alarm is set.",
+    ]
+    streams = engine.start_many([(text, voice, "english") for text in texts])
+    while any(not stream.done for stream in streams):
+        engine.advance([stream for stream in streams if not stream.done])
+    assert steps.talker_stack.on_views.failed is None
+    assert steps.predictor_stack.on_views.failed is None

@@ -27,7 +27,7 @@ def load_engine(settings: Settings) -> Engine:
     engine = create_engine(settings)
     if settings.warmup:
         _LOGGER.info("Warming up")
-        engine.warmup()
+        engine.warmup(rows=max(1, settings.speech.max_batch))
     return engine
 
 
