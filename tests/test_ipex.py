@@ -154,3 +154,25 @@ def test_compile_is_skipped_on_the_ipex_backend(tiny_models, caplog):
     assert "not compiled (ipex)" in ipex.parts.description
     assert ipex.parts.steps.talker_stack.one_token == ipex.parts.steps.talker_stack.eager_one_token
     assert "--compile skipped" in caplog.text
+
+
+@needs_ipex
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ipex_traced_steps_compute_what_its_eager_steps_compute(tiny_models, dtype):
+    """Traced steps (engine/pytorch/traced_steps.py) with IPEX's linears: the same logits as eager, frame
+    after frame (with TorchScript's executor optimising a recording, IPEX's passes broke its cache writes)."""
+    from wyoming_qwen3tts.engine.pytorch.ipex import ipex_bf16_prepack
+
+    if dtype == "bfloat16" and not ipex_bf16_prepack():
+        pytest.skip("IPEX's bf16 linears need AVX-512 or AVX-NE-CONVERT")
+    eager = engine(tiny_models["custom_voice"], "ipex", dtype=dtype, quantize="none", trace_steps=False)
+    traced = engine(tiny_models["custom_voice"], "ipex", dtype=dtype, quantize="none")
+    assert "steps traced" in traced.parts.description
+    prompt = eager.prompt(TEXT, eager.voices()[0], "english")
+    codes = torch.stack(list(eager.frame_generator.frames(prompt, FRAMES)))
+    expected: list[torch.Tensor] = []
+    got: list[torch.Tensor] = []
+    list(eager.frame_generator.frames(prompt, FRAMES, forced=codes, record=expected))
+    list(traced.frame_generator.frames(prompt, FRAMES, forced=codes, record=got))
+    assert len(got) == len(expected) == 16 * len(codes)  # the logits of every codebook, frame by frame
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))

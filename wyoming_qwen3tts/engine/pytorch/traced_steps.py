@@ -7,6 +7,9 @@ of the code predictor's time. `torch.jit.trace` records a step once and replays 
 no compiler (unlike torch.compile, compiled_steps.py), takes a fraction of a second, and computes
 exactly what the eager step computes (same kernels, same order: tests/test_traced_steps.py).
 
+Recordings run with TorchScript's executor optimisations off: they add nothing measurable here, and
+with IPEX loaded its graph passes broke the in-place cache writes from the third call on.
+
 A recording holds shapes, so there is one per shape: the number of rows and of caches stepping
 together (`DecoderStack.on_views` takes the caches as views ending at the new token, so positions
 never enter a recording). Each is made the first time its shape steps. Should torch refuse to trace
@@ -66,7 +69,8 @@ class TracedViews:
             recording = self._record(key, x, cos, signed_sin, views)
             if recording is None:
                 return self._stack.eager_on_views(x, cos, signed_sin, views)
-        return recording(x, cos, signed_sin, views)
+        with torch.jit.optimized_execution(False):
+            return recording(x, cos, signed_sin, views)
 
     def _record(
         self,
