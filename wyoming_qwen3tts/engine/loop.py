@@ -200,6 +200,23 @@ class FrameGenerator:
         ]
 
     @torch.inference_mode()
+    def prepare_rows(self, rows: int) -> None:
+        """One talker step and a frame's first two predictor steps for `rows` rows of zeros, through the
+        steps the batched loop calls: what a backend prepares per batch size (traced_steps.py records its
+        steps once per shape, about a second each on the 0.6B talker) is then ready before a request
+        needs it. Nothing a real row uses is touched."""
+        steps = self.steps
+        zeros = torch.zeros_like(self.tables.codec(torch.tensor([0]))).view(1, 1, -1)  # [1, 1, H]
+        caches = [steps.new_talker_cache(2) for _ in range(rows)]
+        steps.talker_prompts([zeros] * rows, caches)  # position 0 of each cache written
+        _, hidden = steps.talker_rows(zeros.expand(rows, 1, -1), [1] * rows, caches)
+        cache = steps.new_predictor_rows(rows)
+        steps.predictor_rows(
+            torch.cat((hidden, zeros.expand(rows, 1, -1).to(hidden.dtype)), dim=1), 0, cache, 0
+        )
+        steps.predictor_rows(zeros.expand(rows, 1, -1).to(hidden.dtype), 2, cache, 1)
+
+    @torch.inference_mode()
     def advance(self, rows: list[FrameRow]) -> list[torch.Tensor | None]:
         """The next frame of each row, a LongTensor [16], or None where the row has ended (EOS or its cap).
 

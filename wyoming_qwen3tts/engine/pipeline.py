@@ -319,6 +319,13 @@ class PipelineEngine(Engine):
             pcm[index] = to_pcm16(wav)
         return pcm
 
+    def warmup(self, rows: int = 1) -> None:
+        """The short synthesis, then every batch size up to rows through the steps, so the first requests
+        that meet are not slow either (traced steps record each batch size once)."""
+        super().warmup(rows)
+        for count in range(2, rows + 1):
+            self.frame_generator.prepare_rows(count)
+
     def synthesize(self, text: str, voice: Voice, language: str) -> Iterator[bytes]:
         stream = self.start(text, voice, language)
         while not stream.done:

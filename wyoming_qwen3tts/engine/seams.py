@@ -111,17 +111,12 @@ class Engine(ABC):
         return steps
 
     def warmup(self, rows: int = 1) -> None:
-        """Run one short synthesis so the first real request is not the slow one; with rows > 1, also
-        two steps of every batch size up to rows, so the first requests that meet are not slow either (the
-        traced steps of engine/pytorch/traced_steps.py record each batch size once)."""
+        """Run one short synthesis so the first real request is not the slow one. rows: the most
+        sentences that will step together; an engine that prepares each batch size (PipelineEngine) does
+        so here."""
         voice = self.voices()[0]
         for _ in self.synthesize("Hello.", voice, "auto"):
             pass
-        for count in range(2, rows + 1):
-            started = self.start_many([("Hello.", voice, "auto")] * count)
-            streams = [stream for stream in started if isinstance(stream, EngineStream)]
-            for _ in range(2):
-                self.advance([stream for stream in streams if not stream.done])
 
 
 class EngineStream(ABC):
