@@ -86,7 +86,10 @@ class TracedViews:
         try:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")  # the deprecation of torch.jit; tracer notes on constants
-                recording = torch.jit.trace(self._module, (x, cos, signed_sin, views), check_trace=False)
+                # Not storing the example inputs: they hold the first sentence's caches.
+                recording = torch.jit.trace(
+                    self._module, (x, cos, signed_sin, views), check_trace=False, _store_inputs=False
+                )
         except Exception as err:  # a torch without torch.jit, or a layer it cannot trace
             self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
             _LOGGER.warning("Steps run untraced (slower): tracing failed with %s", self.failed)
