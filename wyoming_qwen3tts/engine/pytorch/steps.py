@@ -220,18 +220,7 @@ class DecoderStack:
                 keys, values = views[2 * (index * caches + cache)], views[2 * (index * caches + cache) + 1]
                 rows = slice(cache * per_cache, (cache + 1) * per_cache)
                 own_qk, own_values = (qk, new_values) if caches == 1 else (qk[rows], new_values[rows])
-                keys[:, :, -n:] = own_qk[:, q_heads:]
-                values[:, :, -n:] = own_values
-                outs.append(
-                    F.scaled_dot_product_attention(
-                        own_qk[:, :q_heads],
-                        keys,
-                        values,
-                        is_causal=n > 1,
-                        scale=self.scaling,
-                        enable_gqa=True,
-                    )
-                )
+                outs.append(self._attend_at_end(keys, values, own_qk, q_heads, own_values, n))
             return outs[0] if caches == 1 else torch.cat(outs)
 
         return self._stack(x, cos, signed_sin, attend)
@@ -248,12 +237,13 @@ class DecoderStack:
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
             return torch.cat(
                 [
-                    self._attention_from_start(
-                        cache.keys[index],
-                        cache.values[index],
+                    self._attend_at_end(
+                        cache.keys[index][:, :, : end - begin],
+                        cache.values[index][:, :, : end - begin],
                         qk[:, :, begin:end],
                         q_heads,
                         new_values[:, :, begin:end],
+                        end - begin,
                     )
                     for begin, end, cache in zip(bounds[:-1], bounds[1:], caches, strict=True)
                 ],
@@ -262,26 +252,22 @@ class DecoderStack:
 
         return self._stack(x, self.cos[positions], self.signed_sin[positions], attend)
 
-    def _attention_from_start(
+    def _attend_at_end(
         self,
         keys: torch.Tensor,
         values: torch.Tensor,
         qk: torch.Tensor,
         q_heads: int,
         new_values: torch.Tensor,
+        n: int,
     ) -> torch.Tensor:
-        """Write the first keys (qk's heads after the q heads) and values of one layer's cache, then
-        attend the q heads over them, causally."""
-        end = qk.shape[2]
-        keys[:, :, :end] = qk[:, q_heads:]
-        values[:, :, :end] = new_values
+        """Write n new keys (qk's heads after the q heads) and values at the end of one layer's cache
+        views, then attend the q heads over the views: causally when n > 1, which holds only for views
+        of just those n positions (a sequence's start)."""
+        keys[:, :, -n:] = qk[:, q_heads:]
+        values[:, :, -n:] = new_values
         return F.scaled_dot_product_attention(
-            qk[:, :q_heads],
-            keys[:, :, :end],
-            values[:, :, :end],
-            is_causal=True,
-            scale=self.scaling,
-            enable_gqa=True,
+            qk[:, :q_heads], keys, values, is_causal=n > 1, scale=self.scaling, enable_gqa=True
         )
 
     def _stack(
