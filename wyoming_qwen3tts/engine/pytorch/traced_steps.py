@@ -63,12 +63,10 @@ class TracedViews:
     ) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, tuple(cos.shape), len(views))
         recording = self._recordings.get(key)
-        if recording is None:
-            if self.failed is not None or x.shape[1] > self._max_tokens:
-                return self._stack.eager_on_views(x, cos, signed_sin, views)
+        if recording is None and self.failed is None and x.shape[1] <= self._max_tokens:
             recording = self._record(key, x, cos, signed_sin, views)
-            if recording is None:
-                return self._stack.eager_on_views(x, cos, signed_sin, views)
+        if recording is None:  # a prompt's length, or tracing given up
+            return self._stack.eager_on_views(x, cos, signed_sin, views)
         with torch.jit.optimized_execution(False):
             return recording(x, cos, signed_sin, views)
 
