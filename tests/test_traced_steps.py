@@ -115,6 +115,11 @@ def test_traced_steps_write_and_return_what_the_eager_steps_do(tiny_models, tmp_
     # and three rows of two tokens.
     assert len(talker.on_views._recordings) == 2
     assert len(predictor.on_views._recordings) == 3
+    # Flattened: the linears' operations run in the step's own graph, not as calls into theirs.
+    for recording in (*talker.on_views._recordings.values(), *predictor.on_views._recordings.values()):
+        kinds = {node.kind() for node in recording.graph.nodes()}
+        assert "prim::CallMethod" not in kinds
+        assert ("quantized::linear_dynamic" if quantize == "int8" else "aten::linear") in kinds
 
 
 def test_each_shape_is_recorded_once_whatever_the_position(tiny_models, tmp_path, monkeypatch):

@@ -293,3 +293,37 @@ async def test_new_sentences_sent_together_join_at_one_frame_and_ones_made_ahead
             assert len(b"".join([pcm async for pcm in audio])) == 6
     finally:
         await worker.aclose()
+
+
+async def test_the_worker_releases_memory_once_on_its_thread_after_it_has_been_idle() -> None:
+    released: list[str] = []
+    worker = InferenceWorker(
+        release_after=0.2, release=lambda: released.append(threading.current_thread().name)
+    )
+    try:
+        worker_thread = await worker.run(lambda: threading.current_thread().name)
+        for _ in range(6):  # busy: jobs closer together than release_after
+            await worker.run(time.sleep, 0.05)
+            await asyncio.sleep(0.05)
+        assert released == []
+        await asyncio.sleep(0.5)
+        assert released == [worker_thread]
+        await asyncio.sleep(0.5)
+        assert released == [worker_thread]  # once per idle spell, not every release_after
+        await worker.run(lambda: None)
+        await asyncio.sleep(0.5)
+        assert released == [worker_thread, worker_thread]
+    finally:
+        await worker.aclose()
+
+
+async def test_the_worker_never_releases_memory_while_a_long_job_runs() -> None:
+    released: list[float] = []
+    worker = InferenceWorker(release_after=0.1, release=lambda: released.append(time.monotonic()))
+    try:
+        await worker.run(time.sleep, 0.4)
+        ended = time.monotonic()
+        await asyncio.sleep(0.4)
+        assert len(released) == 1 and released[0] >= ended
+    finally:
+        await worker.aclose()

@@ -13,6 +13,8 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .memory import release_free_memory
+
 if TYPE_CHECKING:
     from .engine.seams import Engine, EngineStream
     from .voices.voice import Voice
@@ -23,12 +25,17 @@ T = TypeVar("T")
 
 _EXHAUSTED = object()
 
+# Idle this long, the worker gives the memory freed by its jobs back to the system (memory.py): long
+# enough that the frames of a sentence and the sentences of one answer never wait for it.
+IDLE_RELEASE_SECONDS = 2.0
+
 
 class InferenceWorker:
     """Runs blocking engine work on one shared worker thread, first come first served.
 
     initializer runs once on the worker thread before its first job (for
-    thread-local settings such as torch's grad mode).
+    thread-local settings such as torch's grad mode). Once no job has run for release_after seconds,
+    release runs once on the worker thread (by default: freed memory back to the system).
     """
 
     def __init__(
@@ -36,6 +43,8 @@ class InferenceWorker:
         initializer: Callable[[], Any] | None = None,
         thread_name: str = "qwen3tts-inference",
         max_batch: int = 1,
+        release_after: float | None = IDLE_RELEASE_SECONDS,
+        release: Callable[[], Any] = release_free_memory,
     ) -> None:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=thread_name, initializer=initializer
@@ -43,6 +52,11 @@ class InferenceWorker:
         self._closed = False
         self.max_batch = max_batch  # sentences that advance together; 1: interleaved chunk by chunk
         self._batch: SentenceBatch | None = None
+        self._release_after = release_after
+        self._release = release
+        self._jobs = 0  # run() calls not yet returned
+        self._worked = False  # a job ran since the last release
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def speak(
         self, engine: Engine, text: str, voice: Voice, language: str, ahead: bool = False
@@ -68,7 +82,27 @@ class InferenceWorker:
         Raises RuntimeError once closed. Cancelling the caller does not
         interrupt a job that already started; it finishes on its own.
         """
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+        loop = asyncio.get_running_loop()
+        self._jobs += 1
+        self._cancel_idle_timer()
+        try:
+            return await loop.run_in_executor(self._executor, func, *args)
+        finally:
+            self._jobs -= 1
+            self._worked = True
+            if not self._jobs and self._release_after is not None and not self._closed:
+                self._idle_timer = loop.call_later(self._release_after, self._release_when_idle)
+
+    def _release_when_idle(self) -> None:
+        """Queue the release behind whatever the worker still runs (a job whose caller was cancelled)."""
+        self._idle_timer = None
+        if self._jobs or self._closed or not self._worked:
+            return
+        self._worked = False
+        try:
+            self._executor.submit(self._release)
+        except RuntimeError:  # closed meanwhile
+            pass
 
     async def iterate(self, func: Callable[..., Iterator[T]], *args: Any) -> AsyncGenerator[T, None]:
         """Call func(*args) on the worker thread and yield its items, each next() one job.
@@ -96,12 +130,19 @@ class InferenceWorker:
     def close(self, wait: bool = True) -> None:
         """Refuse new jobs, drop queued ones and (if wait) block until the running one ends."""
         self._closed = True
+        self._cancel_idle_timer()
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
     async def aclose(self) -> None:
         """close(wait=True) without blocking the event loop."""
         self._closed = True
+        self._cancel_idle_timer()
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def _close_later(self, items: Iterator[Any]) -> None:
         # A generator cannot be closed while a step of it runs on the worker,

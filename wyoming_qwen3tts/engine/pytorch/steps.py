@@ -279,17 +279,20 @@ class DecoderStack:
         hd = self.head_dim
         half = hd // 2
         # Every step runs ~50 small ops per layer, 103 layer steps per frame: each op saved counts.
+        # Modules are run by their forward(), not called: a traced step (traced_steps.py) then records
+        # their operations in its own graph, not as a method of each linear kept beside it (which held
+        # ~25 MB a recording), and eager steps skip nn.Module's call machinery.
         for index, layer in enumerate(self.layers):
-            heads = layer.qkv(layer.input_norm(x)).view(rows, n, -1, hd)  # q heads, k heads, v heads
+            heads = layer.qkv.forward(layer.input_norm(x)).view(rows, n, -1, hd)  # q, k, v heads
             qk_heads = layer.q_heads + layer.kv_heads
             qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
             qk = qk.transpose(1, 2)
             qk = torch.addcmul(qk * cos, qk.roll(half, -1), signed_sin)
             out = attend(index, qk, layer.q_heads, heads[:, :, qk_heads:].transpose(1, 2))
-            x = x + layer.o(out.transpose(1, 2).reshape(rows, n, -1))
-            gate, up = layer.gate_up(layer.post_norm(x)).split(layer.intermediate, dim=-1)
-            x = x + layer.down(layer.act(gate) * up)
-        return self.norm(x)
+            x = x + layer.o.forward(out.transpose(1, 2).reshape(rows, n, -1))
+            gate, up = layer.gate_up.forward(layer.post_norm(x)).split(layer.intermediate, dim=-1)
+            x = x + layer.down.forward(layer.act.forward(gate) * up)
+        return self.norm.forward(x)
 
 
 def _rotary_table(rotary: Any, positions: int, dtype: torch.dtype, rows: int | None) -> tuple:

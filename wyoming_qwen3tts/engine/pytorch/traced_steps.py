@@ -10,6 +10,12 @@ exactly what the eager step computes (same kernels, same order: tests/test_trace
 Recordings run with TorchScript's executor optimisations off: they add nothing measurable here, and
 with IPEX loaded its graph passes broke the in-place cache writes from the third call on.
 
+What a recording costs in memory is mostly text: the tracer notes, for every operation, the Python
+stack it came from, and torch keeps those notes for the life of the process (even when the recording is
+dropped; pytorch/pytorch#35600). A step's linears are run by their forward() (steps.py), so their
+operations are recorded once, in the step's graph, and each recording is made on a thread of its own,
+whose stack is a few frames deep, not the thirty of a server's worker (measured: see _record).
+
 A recording holds shapes, so there is one per shape: the number of rows and of caches stepping
 together (`DecoderStack.on_views` takes the caches as views ending at the new token, so positions
 never enter a recording). Each is made the first time its shape steps. Should torch refuse to trace
@@ -19,8 +25,11 @@ never enter a recording). Each is made the first time its shape steps. Should to
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -28,6 +37,8 @@ from torch import nn
 from .steps import DecoderStack, TorchSteps
 
 _LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _StepModule(nn.Module):
@@ -81,13 +92,17 @@ class TracedViews:
         """Trace the step on this call's own inputs (it writes the same keys and values the real step
         then writes again)."""
         started = time.monotonic()
-        try:
+
+        def trace() -> torch.jit.ScriptModule:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")  # the deprecation of torch.jit; tracer notes on constants
                 # Not storing the example inputs: they hold the first sentence's caches.
-                recording = torch.jit.trace(
+                return torch.jit.trace(
                     self._module, (x, cos, signed_sin, views), check_trace=False, _store_inputs=False
                 )
+
+        try:
+            recording = _on_a_thread_of_its_own(trace)
         except Exception as err:  # a torch without torch.jit, or a layer it cannot trace
             self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
             _LOGGER.warning("Steps run untraced (slower): tracing failed with %s", self.failed)
@@ -100,6 +115,26 @@ class TracedViews:
             time.monotonic() - started,
         )
         return recording
+
+
+def _on_a_thread_of_its_own(record: Callable[[], T]) -> T:
+    """record() on a new thread, which the caller waits for: the tracer's notes of the stack then hold
+    a few frames, not the caller's whole stack (its operations' threads: torch's thread count)."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(record())
+        except BaseException as err:  # handed to the caller
+            errors.append(err)
+
+    thread = threading.Thread(target=run, name="qwen3tts-trace")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def trace_steps(steps: TorchSteps) -> str:
