@@ -88,25 +88,37 @@ class DynamicInt8Linear(nn.Module):
             torch.backends.quantized.engine = "fbgemm"
         self._packed = torch.ops.quantized.linear_prepack(quantized, None)
         self._pinned: dict[int, torch.Tensor] = {}  # rows -> the input buffer, its last two columns +1, -1
+        self.register_buffer("_ends", torch.tensor([[1.0, -1.0]]), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).float()
-        rows = flat.shape[0]
-        # A traced step (traced_steps.py) makes its own buffer each call: a kept one would be recorded
-        # as a constant of the recording, shared with the eager calls.
-        tracing = torch.jit.is_tracing()
-        pinned = None if tracing else self._pinned.get(rows)
-        if pinned is None:
-            pinned = torch.empty(rows, self.in_features + 2)
-            pinned[:, self.in_features :] = torch.tensor([1.0, -1.0])
-            if rows <= PINNED_ROWS_KEPT and not tracing:
-                self._pinned[rows] = pinned
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != torch.float32:
+            flat = flat.float()
         peak = flat.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
-        torch.div(flat, peak, out=pinned[:, : self.in_features])
-        out = torch.ops.quantized.linear_dynamic(pinned, self._packed, True).mul_(peak)
+        if torch.jit.is_tracing():
+            # A traced step (traced_steps.py) joins the +1/-1 columns on: a kept buffer would be recorded
+            # as a constant shared with the eager calls, and the fewer operations a recording holds, the
+            # less memory it keeps (each carries the tracer's notes).
+            scaled = torch.cat((flat / peak, self._ends.expand(flat.shape[0], 2)), dim=1)
+        else:
+            scaled = self._scaled_into_kept_buffer(flat, peak)
+        out = torch.ops.quantized.linear_dynamic(scaled, self._packed, True).mul_(peak)
         if self.bias is not None:
             out = out.add_(self.bias)
-        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        out = out.view(*x.shape[:-1], self.out_features)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def _scaled_into_kept_buffer(self, flat: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        """flat / peak written into this row count's input buffer (its last two columns +1, -1)."""
+        rows = flat.shape[0]
+        pinned = self._pinned.get(rows)
+        if pinned is None:
+            pinned = torch.empty(rows, self.in_features + 2)
+            pinned[:, self.in_features :] = self._ends
+            if rows <= PINNED_ROWS_KEPT:
+                self._pinned[rows] = pinned
+        torch.div(flat, peak, out=pinned[:, : self.in_features])
+        return pinned
 
 
 class WeightOnlyInt8Linear(nn.Module):
