@@ -70,6 +70,8 @@ def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 class DynamicInt8Linear(nn.Module):
     """nn.Linear with int8 weights; activations are quantized per call and per row (FBGEMM)."""
 
+    _ends: torch.Tensor  # [[+1, -1]]: the two inputs that pin every row's range (a buffer, see __init__)
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features = linear.in_features
