@@ -280,8 +280,8 @@ class DecoderStack:
         half = hd // 2
         # Every step runs ~50 small ops per layer, 103 layer steps per frame: each op saved counts.
         # Modules are run by their forward(), not called: a traced step (traced_steps.py) then records
-        # their operations in its own graph, not as a method of each linear kept beside it (which held
-        # ~25 MB a recording), and eager steps skip nn.Module's call machinery.
+        # their operations in its own graph instead of a call into a method recorded for each linear,
+        # and eager steps skip nn.Module's call machinery.
         for index, layer in enumerate(self.layers):
             heads = layer.qkv.forward(layer.input_norm(x)).view(rows, n, -1, hd)  # q, k, v heads
             qk_heads = layer.q_heads + layer.kv_heads

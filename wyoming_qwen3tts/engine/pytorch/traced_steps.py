@@ -10,11 +10,11 @@ exactly what the eager step computes (same kernels, same order: tests/test_trace
 Recordings run with TorchScript's executor optimisations off: they add nothing measurable here, and
 with IPEX loaded its graph passes broke the in-place cache writes from the third call on.
 
-What a recording costs in memory is mostly text: the tracer notes, for every operation, the Python
-stack it came from, and torch keeps those notes for the life of the process (even when the recording is
-dropped; pytorch/pytorch#35600). A step's linears are run by their forward() (steps.py), so their
-operations are recorded once, in the step's graph, and each recording is made on a thread of its own,
-whose stack is a few frames deep, not the thirty of a server's worker (measured: see _record).
+A recording keeps memory for the life of the process, even once dropped (pytorch/pytorch#35600): among
+it, for every recorded operation, the text of the Python stack the operation came from. So each
+recording is made on a thread of its own, whose stack is a few frames deep, not the thirty of a
+server's worker, and a traced int8 linear records few operations (quantize.py); docs/speed.md, "Memory",
+has the figures. The steps run their linears by forward() (steps.py): a recording is one flat graph.
 
 A recording holds shapes, so there is one per shape: the number of rows and of caches stepping
 together (`DecoderStack.on_views` takes the caches as views ending at the new token, so positions
@@ -119,7 +119,7 @@ class TracedViews:
 
 def _on_a_thread_of_its_own(record: Callable[[], T]) -> T:
     """record() on a new thread, which the caller waits for: the tracer's notes of the stack then hold
-    a few frames, not the caller's whole stack (its operations' threads: torch's thread count)."""
+    a few frames, not the caller's whole stack. (torch gives a new thread its set thread count.)"""
     results: list[T] = []
     errors: list[BaseException] = []
 
