@@ -25,10 +25,10 @@ never enter a recording). Each is made the first time its shape steps. Should to
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -120,21 +120,8 @@ class TracedViews:
 def _on_a_thread_of_its_own(record: Callable[[], T]) -> T:
     """record() on a new thread, which the caller waits for: the tracer's notes of the stack then hold
     a few frames, not the caller's whole stack. (torch gives a new thread its set thread count.)"""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(record())
-        except BaseException as err:  # handed to the caller
-            errors.append(err)
-
-    thread = threading.Thread(target=run, name="qwen3tts-trace")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen3tts-trace") as thread:
+        return thread.submit(record).result()
 
 
 def trace_steps(steps: TorchSteps) -> str:
