@@ -74,7 +74,7 @@ def eager_and_traced(stack: DecoderStack, step, caches: list[KVCache]):
 def test_traced_steps_write_and_return_what_the_eager_steps_do(tiny_models, tmp_path, quantize):
     steps = load(tiny_models["custom_voice"], tmp_path, quantize).frame_generator.steps
     talker, predictor = steps.talker_stack, steps.predictor_stack
-    width = talker.layers[0].input_norm.shape[0]
+    width = talker.layers[0].input_norm.width
     inputs = torch.randn(3, 1, width, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         # One row at position 7 of its own cache.
@@ -91,7 +91,7 @@ def test_traced_steps_write_and_return_what_the_eager_steps_do(tiny_models, tmp_
         )
         assert torch.equal(eager, traced) and same_caches(eager_caches, caches)
         # Three rows of one cache at one position (the batched predictor step), and one row of it.
-        small = predictor.layers[0].input_norm.shape[0]
+        small = predictor.layers[0].input_norm.width
         rows = torch.randn(3, 1, small, generator=torch.Generator().manual_seed(6))
         for count in (3, 1):
             eager, eager_caches, traced, caches = eager_and_traced(
@@ -128,7 +128,7 @@ def test_each_shape_is_recorded_once_whatever_the_position(tiny_models, tmp_path
     traces = []
     real_trace = torch.jit.trace
     monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: traces.append(1) or real_trace(*a, **k))
-    width = talker.layers[0].input_norm.shape[0]
+    width = talker.layers[0].input_norm.width
     with torch.inference_mode():
         cache = filled_cache(talker, 40, 1, 8)
         eager = copied(cache)

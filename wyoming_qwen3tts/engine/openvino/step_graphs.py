@@ -57,9 +57,9 @@ class StackStep(nn.Module):
         half = hd // 2
         present: list[torch.Tensor] = []
         for index, (layer, modules) in enumerate(zip(stack.layers, self.layer_modules, strict=True)):
-            heads = modules["qkv"](layer.input_norm(x)).view(rows, n, -1, hd)
+            heads = modules["qkv"](layer.input_norm.reference(x)).view(rows, n, -1, hd)
             qk_heads = layer.q_heads + layer.kv_heads
-            qk = F.rms_norm(heads[:, :, :qk_heads], (hd,), None, layer.qk_norm_eps) * layer.qk_norm_weight
+            qk = layer.qk_norm.reference(heads[:, :, :qk_heads])
             qk = qk.transpose(1, 2)
             qk = qk * cos + torch.roll(qk, half, -1) * signed_sin
             q = qk[:, : layer.q_heads]
@@ -76,9 +76,9 @@ class StackStep(nn.Module):
                 scale=stack.scaling,
             )
             x = x + modules["o"](out.transpose(1, 2).reshape(rows, n, -1))
-            gate, up = modules["gate_up"](layer.post_norm(x)).split(layer.intermediate, dim=-1)
+            gate, up = modules["gate_up"](layer.post_norm.reference(x)).split(layer.intermediate, dim=-1)
             x = x + modules["down"](layer.act(gate) * up)
-        hidden = stack.norm(x)[:, -1:]
+        hidden = stack.norm.reference(x)[:, -1:]
         if self.head is None:
             return (hidden, *present)
         return (self.head(hidden[:, 0]), hidden, *present)

@@ -39,7 +39,7 @@ def _compile_stack(stack: DecoderStack) -> None:
     import torch._inductor.config as inductor_config  # only with --compile
 
     stack.one_token = torch.compile(stack.eager_one_token, dynamic=True)
-    hidden = stack.layers[0].input_norm.shape[0]
+    hidden = stack.layers[0].input_norm.width
     try:
         # Inputs made as the real steps make theirs (inference tensors), or the first real step recompiles.
         # Freezing is read while this first call compiles (torch.compile's options= did not reach it).
