@@ -51,7 +51,6 @@ class _StepModule(nn.Module):
         self.linears = nn.ModuleList(
             linear for layer in stack.layers for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)
         )
-        self.norm = stack.norm
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, views: list[torch.Tensor]
@@ -97,9 +96,12 @@ class TracedViews:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")  # the deprecation of torch.jit; tracer notes on constants
                 # Not storing the example inputs: they hold the first sentence's caches.
-                return torch.jit.trace(
+                recording = torch.jit.trace(
                     self._module, (x, cos, signed_sin, views), check_trace=False, _store_inputs=False
                 )
+                # Frozen, the weights and sizes the recording looks up on every replay become constants:
+                # a third of the nodes, the same operations on the same tensors.
+                return torch.jit.freeze(recording.eval(), optimize_numerics=False)
 
         try:
             recording = _on_a_thread_of_its_own(trace)
