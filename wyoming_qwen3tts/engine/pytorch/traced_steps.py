@@ -5,7 +5,9 @@ cache writes, attention, the int8 kernels' own scaling), and a frame runs 28 tal
 15 x 5 predictor layers: with Python dispatching each of them, that overhead cost as much as a third
 of the code predictor's time. `torch.jit.trace` records a step once and replays it from C++. It needs
 no compiler (unlike torch.compile, compiled_steps.py), takes a fraction of a second, and computes
-exactly what the eager step computes (same kernels, same order: tests/test_traced_steps.py).
+exactly what the eager step computes (same kernels, same order: tests/test_traced_steps.py). Each
+recording is then frozen: the weights and sizes it would look up on every replay become constants (a
+third of the nodes; steps 4-6 % faster, and less memory kept).
 
 Recordings run with TorchScript's executor optimisations off: they add nothing measurable here, and
 with IPEX loaded its graph passes broke the in-place cache writes from the third call on.
