@@ -11,6 +11,7 @@ from contextlib import aclosing
 
 import pytest
 
+from wyoming_qwen3tts import worker as worker_module
 from wyoming_qwen3tts.engine.seams import Engine, EngineStream
 from wyoming_qwen3tts.voices.voice import Voice
 from wyoming_qwen3tts.worker import InferenceWorker
@@ -293,6 +294,105 @@ async def test_new_sentences_sent_together_join_at_one_frame_and_ones_made_ahead
             assert len(b"".join([pcm async for pcm in audio])) == 6
     finally:
         await worker.aclose()
+
+
+class _TimedStream(EngineStream):
+    """`frames` frames, handed out as made while urgent, held while not (as the pipeline's streams)."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames, self.made, self.sent = frames, 0, 0
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= self.frames
+
+    @property
+    def held(self) -> bool:
+        return self.made >= self.frames and not self.urgent
+
+
+class _TimedEngine:
+    """Steps that take `seconds` each; logs which sentences each step advanced."""
+
+    def __init__(self, seconds: float, frames: int = 8) -> None:
+        self.seconds, self.frames = seconds, frames
+        self.steps: list[list[str]] = []
+
+    def start(self, text, voice, language) -> _TimedStream:
+        stream = _TimedStream(self.frames)
+        stream.name = text  # type: ignore[attr-defined]
+        return stream
+
+    start_many = Engine.start_many
+
+    def advance(self, streams) -> list[bytes]:
+        time.sleep(self.seconds)
+        self.steps.append([stream.name for stream in streams])
+        out = []
+        for stream in streams:
+            stream.made = min(stream.frames, stream.made + 1)
+            ready = stream.made - stream.sent if stream.urgent else 0
+            stream.sent += ready
+            out.append(b"\0\0" * ready)
+        return out
+
+
+class _Request:
+    """A request as the service passes it (its Utterance): told apart by identity, not hashable."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+async def _speak_one_answer(engine: _TimedEngine) -> tuple[bytes, bytes]:
+    """A request's sentence being heard and its next one generated ahead, heard in turn."""
+    worker = InferenceWorker(max_batch=4)
+    request = _Request()
+    try:
+        current = worker.speak(engine, "now", None, "english", owner=request)  # type: ignore[arg-type]
+        ahead = worker.speak(engine, "later", None, "english", ahead=True, owner=request)  # type: ignore[arg-type]
+        heard = b"".join([pcm async for pcm in current])
+        ahead.listen()
+        return heard, b"".join([pcm async for pcm in ahead])
+    finally:
+        await worker.aclose()
+
+
+async def test_where_steps_keep_up_a_sentence_made_ahead_waits_for_the_one_being_heard(monkeypatch):
+    """Steps faster than the audio they make: sharing them would slow the sentence being heard below
+    real time for nothing, so the next sentence of the request waits until that one is made."""
+    monkeypatch.setattr(worker_module, "FRAME_SECONDS", 0.05)
+    engine = _TimedEngine(seconds=0.0)
+    heard, later = await _speak_one_answer(engine)
+    assert len(heard) == len(later) == 16  # every frame of both, in order
+    now_steps = [index for index, names in enumerate(engine.steps) if "now" in names]
+    assert engine.steps[: len(now_steps)] == [["now"]] * 8  # heard alone, at full speed
+    assert ["now", "later"] not in engine.steps
+
+
+async def test_where_steps_fall_behind_a_sentence_made_ahead_shares_them(monkeypatch):
+    """Steps slower than the audio: the listener waits anyway, so the sentence ahead steps along (one
+    read of the weights for both) once enough steps are timed."""
+    monkeypatch.setattr(worker_module, "FRAME_SECONDS", 0.05)
+    engine = _TimedEngine(seconds=0.08)
+    heard, later = await _speak_one_answer(engine)
+    assert len(heard) == len(later) == 16
+    assert engine.steps[: worker_module.PACE_SAMPLES_NEEDED] == [["now"]] * worker_module.PACE_SAMPLES_NEEDED
+    assert ["now", "later"] in engine.steps
+
+
+async def test_sentences_of_other_requests_are_never_paused_for_each_other(monkeypatch):
+    monkeypatch.setattr(worker_module, "FRAME_SECONDS", 0.05)
+    engine = _TimedEngine(seconds=0.0)
+    worker = InferenceWorker(max_batch=4)
+    try:
+        one = worker.speak(engine, "one", None, "english", owner=_Request())  # type: ignore[arg-type]
+        other = worker.speak(engine, "other", None, "english", ahead=True, owner=_Request())  # type: ignore[arg-type]
+        assert len(b"".join([pcm async for pcm in one])) == 16
+        other.listen()
+        assert len(b"".join([pcm async for pcm in other])) == 16
+    finally:
+        await worker.aclose()
+    assert ["one", "other"] in engine.steps
 
 
 async def test_the_worker_releases_memory_once_on_its_thread_after_it_has_been_idle() -> None:

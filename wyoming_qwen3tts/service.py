@@ -250,7 +250,9 @@ class SpeechService:
                 return _Rendering(self._silence(Pause(0)))
         _LOGGER.debug("Speaking sentence with %s: %r", voice.name, sentence)
         if self.worker.max_batch > 1:
-            audio = self.worker.speak(self._engine, sentence, voice, utterance.language, ahead)
+            audio = self.worker.speak(
+                self._engine, sentence, voice, utterance.language, ahead, owner=utterance
+            )
             return _Rendering(self._timed(utterance, audio), audio.cancel, audio.listen)
         return _Rendering(
             self._timed(

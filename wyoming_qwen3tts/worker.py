@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,13 @@ _EXHAUSTED = object()
 # Idle this long, the worker gives the memory freed by its jobs back to the system (memory.py): long
 # enough that the frames of a sentence and the sentences of one answer never wait for it.
 IDLE_RELEASE_SECONDS = 2.0
+
+# A Qwen3-TTS-12Hz frame: 12.5 a second. A batched step slower than this falls behind its listeners.
+FRAME_SECONDS = 0.08
+# Steps with only sentences somebody hears, timed to tell whether this CPU keeps up with them (the last
+# this many; from PACE_SAMPLES_NEEDED on, the timing decides).
+PACE_WINDOW = 25
+PACE_SAMPLES_NEEDED = 3
 
 
 class InferenceWorker:
@@ -59,17 +67,23 @@ class InferenceWorker:
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def speak(
-        self, engine: Engine, text: str, voice: Voice, language: str, ahead: bool = False
+        self,
+        engine: Engine,
+        text: str,
+        voice: Voice,
+        language: str,
+        ahead: bool = False,
+        owner: object = None,
     ) -> SentenceAudio:
         """A sentence for the batch (max_batch > 1): generation starts at once, its PCM arrives in order.
 
         Iterate the result for the PCM; call its cancel() when leaving early, which frees its place in
         the batch at the next frame. ahead: nobody listens to it yet (see EngineStream.urgent) until
-        its listen() is called.
+        its listen() is called. owner: the request it belongs to (see SentenceBatch on pacing).
         """
         if self._batch is None or self._batch.engine is not engine:
             self._batch = SentenceBatch(self, engine)
-        return self._batch.add(text, voice, language, ahead)
+        return self._batch.add(text, voice, language, ahead, owner)
 
     @property
     def closed(self) -> bool:
@@ -159,8 +173,17 @@ class InferenceWorker:
 class SentenceAudio:
     """One sentence in the batch: its PCM, in order, as the batch makes it (async-iterable)."""
 
-    def __init__(self, text: str, voice: Voice, language: str, ahead: bool, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        text: str,
+        voice: Voice,
+        language: str,
+        ahead: bool,
+        wake: Callable[[], None],
+        owner: object = None,
+    ) -> None:
         self.args = (text, voice, language)
+        self.owner = owner  # the request it belongs to; None: a request of its own
         self.stream: EngineStream | None = None  # the engine's, touched on the worker thread only
         self.cancelled = False
         self.ahead = ahead  # generated ahead of the sentence being listened to
@@ -203,6 +226,12 @@ class SentenceBatch:
     one frame per request before it; a sentence generated ahead joins alone, one a frame, as nobody
     waits for it. A sentence that ends or is cancelled leaves at once; one generated ahead and all
     made waits outside the count of --max-batch until it is heard.
+
+    Pacing: a sentence generated ahead slows, by sharing its steps, the sentence of its request that is
+    being heard. Where the steps of the sentences being heard run faster than real time (timed over the
+    last frames), that costs the listener gaps and buys nothing, so a sentence generated ahead then
+    waits, without steps, while one of its own request is still being made; where they run slower, the
+    listener waits anyway and sharing the steps makes the most audio a second, so it steps along.
     """
 
     def __init__(self, worker: InferenceWorker, engine: Engine) -> None:
@@ -212,9 +241,12 @@ class SentenceBatch:
         self.active: list[SentenceAudio] = []  # worker thread only
         self._running: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # a sentence was added, cancelled or is now listened to
+        self._heard_steps: deque[float] = deque(maxlen=PACE_WINDOW)  # seconds a step, heard rows only
 
-    def add(self, text: str, voice: Voice, language: str, ahead: bool = False) -> SentenceAudio:
-        audio = SentenceAudio(text, voice, language, ahead, self._changed.set)
+    def add(
+        self, text: str, voice: Voice, language: str, ahead: bool = False, owner: object = None
+    ) -> SentenceAudio:
+        audio = SentenceAudio(text, voice, language, ahead, self._changed.set, owner)
         self.waiting.append(audio)
         self._changed.set()
         if self._running is None or self._running.done():
@@ -301,15 +333,23 @@ class SentenceBatch:
         for audio in self.active:
             assert audio.stream is not None
             audio.stream.urgent = not audio.ahead
+        stepping = self._paced()
+        # Timed when only sentences somebody hears compute (held ones compute nothing).
+        heard_only = bool(stepping) and not any(audio.ahead and not self._held(audio) for audio in stepping)
+        step_began = time.monotonic()
         try:
-            chunks = self.engine.advance([audio.stream for audio in self.active])  # type: ignore[misc]
+            chunks = self.engine.advance([audio.stream for audio in stepping])  # type: ignore[misc]
         except Exception as err:
             _LOGGER.exception("A batched step failed; ending its %d sentences", len(self.active))
             delivered.extend((audio, err) for audio in self.active)
             self.active = []
             return delivered
+        if heard_only:
+            self._heard_steps.append(time.monotonic() - step_began)
+        made = {id(audio): pcm for audio, pcm in zip(stepping, chunks, strict=True)}
         still = []
-        for audio, pcm in zip(self.active, chunks, strict=True):
+        for audio in self.active:
+            pcm = made.get(id(audio), b"")  # nothing from a sentence paused this frame
             if pcm:
                 delivered.append((audio, pcm))
             if audio.stream is not None and audio.stream.done:
@@ -320,6 +360,26 @@ class SentenceBatch:
             _LOGGER.debug("%d sentences ended (%d in flight)", len(self.active) - len(still), len(still))
         self.active = still
         return delivered
+
+    def _paced(self) -> list[SentenceAudio]:
+        """The sentences that step this frame: all of them, but for those generated ahead of a sentence
+        of their own request still being made, while this CPU makes heard sentences faster than real time
+        (see the class docstring)."""
+        if not self._keeps_up():
+            return self.active
+        # Requests told apart by identity (an owner need not be hashable).
+        being_made = {id(audio.owner) for audio in self.active if not audio.ahead and audio.owner is not None}
+        return [
+            audio
+            for audio in self.active
+            if not (audio.ahead and id(audio.owner) in being_made and not self._held(audio))
+        ]
+
+    def _keeps_up(self) -> bool:
+        """Whether the recent steps of heard sentences alone ran faster than the audio they make (until
+        enough are timed: assumed so, which keeps a first answer's first sentence at full speed)."""
+        timed = self._heard_steps
+        return len(timed) < PACE_SAMPLES_NEEDED or sum(timed) / len(timed) < FRAME_SECONDS
 
 
 def _start(func: Callable[..., Iterator[T]], args: tuple[Any, ...]) -> tuple[Iterator[T], Any]:
