@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from wyoming_qwen3tts.cpu import default_threads, has_native_bf16
+from wyoming_qwen3tts.cpu import CPU_FLAGS_VARIABLE, default_threads, has_native_bf16
 
 
 def fake_sysfs(root: Path, cores: list[list[int]], performance: str | None = None) -> Path:
@@ -58,3 +61,23 @@ def test_native_bf16_needs_the_instructions() -> None:
     assert has_native_bf16(frozenset({"avx512_bf16"}))
     assert has_native_bf16(frozenset({"amx_bf16", "avx2"}))
     assert not has_native_bf16(frozenset({"avx2", "avx_vnni", "fma"}))  # the i5-1240P's kind
+
+
+def test_cpu_flags_variable_makes_auto_choose_for_that_cpu() -> None:
+    """$QWEN3TTS_CPU_FLAGS stands in for /proc/cpuinfo: the same "auto" precision, whatever CPU runs it."""
+    script = (
+        "from wyoming_qwen3tts.engine.pytorch.options import TorchOptions\n"
+        "from wyoming_qwen3tts.engine.pytorch.precision import choose_precision\n"
+        "print(choose_precision(TorchOptions(), kernels=['dynamic']).codec_dtype)"
+    )
+    chosen = {}
+    for name, flags in (
+        ("i5-1240P", "sse4_2 avx avx2 fma avx_vnni"),
+        ("Xeon", "avx2 avx512f avx512_bf16 amx_bf16"),
+    ):
+        env = {**os.environ, CPU_FLAGS_VARIABLE: flags}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        chosen[name] = done.stdout.strip()
+    assert chosen == {"i5-1240P": "float32", "Xeon": "bfloat16"}

@@ -10,10 +10,18 @@ import functools
 import os
 from pathlib import Path
 
+# Space-separated flags that replace /proc/cpuinfo's: what "auto" would choose on another CPU (e.g. an
+# AVX2 laptop's, measured on an AVX-512 machine with the kernel libraries held to AVX2: docs/speed.md).
+CPU_FLAGS_VARIABLE = "QWEN3TTS_CPU_FLAGS"
+
 
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none), or of
+    $QWEN3TTS_CPU_FLAGS where set."""
+    override = os.environ.get(CPU_FLAGS_VARIABLE)
+    if override is not None:
+        return frozenset(override.split())
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
