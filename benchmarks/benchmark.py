@@ -60,6 +60,7 @@ class BenchmarkSetting:
     compile: bool = False  # --compile (engine/pytorch/compiled_steps.py); its compiling counts in load s
     predictor: str = "pytorch"  # --predictor: the code predictor on PyTorch or an OpenVINO export of it
     trace: bool = True  # --trace-steps (engine/pytorch/traced_steps.py); False: the steps run eagerly
+    huge_pages: bool = True  # --huge-pages (memory.py); False: the model stays on 4 KB pages
 
     @property
     def backend(self) -> str:
@@ -82,6 +83,7 @@ SETTINGS = {
         BenchmarkSetting("engine-bfloat16-compiled", "engine", "bfloat16", compile=True),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
         BenchmarkSetting("engine-int8-untraced", "engine", "auto", "int8", trace=False),
+        BenchmarkSetting("engine-int8-small-pages", "engine", "auto", "int8", huge_pages=False),
         BenchmarkSetting("engine-int8-ov-predictor", "engine", "auto", "int8", predictor="openvino-int4"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
         BenchmarkSetting("server-http", "server", "auto", "auto", http=True),
@@ -201,6 +203,8 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
     }
     if setting.predictor != "pytorch":
         result["precision"] += f"; code predictor on OpenVINO ({setting.predictor.removeprefix('openvino-')})"
+    if not setting.huge_pages:
+        result["precision"] += "; memory on 4 KB pages (--no-huge-pages)"
     if setting.backend == "openvino":
         result["precision"] = openvino_notes(engine, settings, model_dir)
     return result
@@ -226,6 +230,7 @@ def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, thr
             greedy=True,
             max_frames=frames,
             warmup=False,
+            huge_pages=setting.huge_pages,
             data_dir=model_dir.parent,  # a predictor export (--predictor openvino-*) beside the others
         ),
         torch=TorchOptions(

@@ -107,6 +107,13 @@ def test_normalize_flag_pair_and_environment():
         parse_settings([], environ={"QWEN3TTS_NORMALIZE": "maybe"})
 
 
+def test_huge_pages_are_on_unless_turned_off():
+    assert parse_settings([], environ={}).engine.huge_pages is True
+    assert parse_settings([], environ={"QWEN3TTS_HUGE_PAGES": "0"}).engine.huge_pages is False
+    assert parse_settings(["--huge-pages"], environ={"QWEN3TTS_HUGE_PAGES": "0"}).engine.huge_pages is True
+    assert parse_settings(["--no-huge-pages"], environ={}).engine.huge_pages is False
+
+
 def test_voices_dir_must_exist(tmp_path):
     with pytest.raises(SettingsError, match="not a directory"):
         parse_settings(["--voices-dir", str(tmp_path / "missing")], environ={})

@@ -31,6 +31,7 @@ class EngineOptions:
     greedy: bool = False
     voices_dir: Path | None = None
     voices_reload_interval: float = 5.0  # seconds between looks at --voices-dir; 0: never
+    huge_pages: bool = True  # once loaded, the model's memory is moved onto 2 MB pages (memory.py)
 
 
 ENGINE_FLAGS = FlagGroup(
@@ -94,6 +95,14 @@ ENGINE_FLAGS = FlagGroup(
             "seconds between looks for changes in --voices-dir (a stat of each file); 0 = never",
             seconds,
             type=seconds,
+        ),
+        Flag(
+            "huge_pages",
+            ("QWEN3TTS_HUGE_PAGES",),
+            "once loaded, move the model's memory onto 2 MB pages (Linux 6.1+): each step reads its "
+            "weights faster",
+            boolean,
+            action=argparse.BooleanOptionalAction,
         ),
     ),
 )

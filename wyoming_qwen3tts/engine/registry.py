@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..flags import FlagGroup, SettingsError, boolean
+from ..memory import collapse_loaded_memory
 from .model_files import resolve_model_dir
 from .openvino.options import OPENVINO_FLAGS, OpenVINOOptions
 from .options import EngineOptions
@@ -123,4 +124,7 @@ def create_engine(settings: EngineSettings, model_dir: Path | None = None) -> En
         raise SettingsError(
             f"backend {settings.backend!r} is not available yet; available: {', '.join(BACKENDS)}"
         )
-    return backend.load(settings, model_dir)
+    engine = backend.load(settings, model_dir)
+    if settings.engine.huge_pages:
+        _LOGGER.info("%s", collapse_loaded_memory())
+    return engine
