@@ -245,8 +245,9 @@ def run_server_command(args: list[str]) -> subprocess.CompletedProcess:
 
 BACKENDS = ("pytorch", "openvino")
 # Server flags for tests that do not depend on how long a sentence is: greedy (audio is a function of text
-# and voice), no warm-up, one thread (tiny tensors), and a sentence cut at 16 frames (1.28 s of audio).
-QUICK = ["--greedy", "--no-warmup", "--threads", "1", "--max-frames", "16"]
+# and voice), no warm-up, one thread (tiny tensors), a sentence cut at 16 frames (1.28 s of audio), and no
+# move onto huge pages (half a second a start; tests/test_memory.py tests it, with the default).
+QUICK = ["--greedy", "--no-warmup", "--threads", "1", "--max-frames", "16", "--no-huge-pages"]
 
 
 def server_args(backend: str, kind: str, tiny_models, ov_exports) -> list[str]:

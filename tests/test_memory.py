@@ -87,7 +87,7 @@ def test_memory_not_resident_stays_out() -> None:
 def test_the_server_moves_its_loaded_model_unless_told_not_to(tiny_models) -> None:
     from conftest import QUICK, running_server
 
-    args = ["--model", str(tiny_models["custom_voice"]), *QUICK]
+    args = ["--model", str(tiny_models["custom_voice"]), *(arg for arg in QUICK if arg != "--no-huge-pages")]
     with running_server(args) as server:
         pass
     with running_server([*args, "--no-huge-pages"]) as small:
