@@ -110,7 +110,8 @@ def _madvise() -> Callable[[int, int, int], int]:
 
 def _resident_blocks(huge: int) -> Iterator[tuple[int, int]]:
     """(start, length) of each run of huge-page-aligned blocks whose pages are all resident, in private
-    anonymous writable mappings (the heap and malloc's own mappings: not files, not stacks' guard)."""
+    anonymous writable mappings: the heap and malloc's own mappings, not files (a thread's stack is one
+    too, but never all resident)."""
     page = os.sysconf("SC_PAGE_SIZE")
     per_block = huge // page
     with open("/proc/self/maps", encoding="ascii") as maps, open("/proc/self/pagemap", "rb") as pagemap:
