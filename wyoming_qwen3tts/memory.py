@@ -72,10 +72,9 @@ _HUGE_PAGE_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 
 def collapse_loaded_memory() -> str:
     """Put the fully resident 2 MB blocks of this process's private memory (the loaded model, above all)
-    on huge pages; return what happened, for the log. What loading freed goes back to the system
-    first, so only memory in use moves."""
+    on huge pages; return what happened, for the log. The heap's free blocks move too: trimming them
+    first would make the first sentences fault their pages in again."""
     started = time.monotonic()
-    release_free_memory()
     try:
         with open(_HUGE_PAGE_SIZE, encoding="ascii") as size_file:
             huge = int(size_file.read())
