@@ -32,13 +32,15 @@ _LOGGER = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(name)
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:
         return None
-    return getattr(libc, "malloc_trim", None)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return getattr(_libc(), "malloc_trim", None)
 
 
 def resident_bytes() -> int | None:
@@ -100,8 +102,10 @@ def collapse_loaded_memory() -> str:
 
 
 def _madvise() -> Callable[[int, int, int], int]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    madvise = libc.madvise
+    libc = _libc()
+    if libc is None:
+        raise OSError("no C library found")
+    madvise = libc.madvise  # AttributeError where it has no madvise
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     return madvise
@@ -128,16 +132,15 @@ def _resident_blocks(huge: int) -> Iterator[tuple[int, int]]:
             # One 64-bit entry a page; bit 63 (the top bit of its last byte) says it is resident.
             flags = entries[7::8]
             run_start = None
-            for index in range(len(flags) // per_block):
+            for index, address in enumerate(range(first, last, huge)):
                 full = min(flags[index * per_block : (index + 1) * per_block]) >= 0x80
-                address = first + index * huge
                 if full and run_start is None:
                     run_start = address
                 elif not full and run_start is not None:
                     yield run_start, address - run_start
                     run_start = None
             if run_start is not None:
-                yield run_start, first + len(flags) // per_block * huge - run_start
+                yield run_start, last - run_start
 
 
 def _huge_resident() -> int | None:
