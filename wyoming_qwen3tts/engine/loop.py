@@ -10,6 +10,8 @@ from engine/prompt.py; drawing codes and the rules around them live here, once.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,20 +70,49 @@ class TalkerPrompt:
 
 def _pick(logits: torch.Tensor, do_sample: bool, top_k: int, top_p: float, temperature: float, rng) -> int:
     """Draw one id from [V] float logits the way Hugging Face's warpers do (or take the argmax)."""
+    return _pick_rows(logits.unsqueeze(0), do_sample, top_k, top_p, temperature, [rng])[0]
+
+
+def _pick_rows(
+    logits: torch.Tensor, do_sample: bool, top_k: int, top_p: float, temperature: float, rngs: list
+) -> list[int]:
+    """One id per row of [R, V] float logits, row r drawn with rngs[r] (None: torch's global generator),
+    or each row's argmax.
+
+    The distribution of Hugging Face's warpers (temperature, top-k, top-p, then a draw), computed on the
+    top k candidates only: the top-k mask leaves nothing else to draw. Each torch call here costs tens
+    of microseconds (a predictor step has just swept the caches), 16 draws a frame and row, so the draw
+    itself is plain Python over the k probabilities (docs/speed.md, "Drawing the codes"). Where the k-th
+    logit ties with the next, only one of them is a candidate (the mask keeps both), which random float
+    logits practically never meet.
+    """
     if not do_sample:
-        return int(torch.argmax(logits))
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cumulative <= 1 - top_p
-        remove[-1] = False
-        logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    probs = logits.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=rng))
+        return logits.argmax(dim=-1).tolist()
+    k = top_k if 0 < top_k < logits.shape[-1] else logits.shape[-1]
+    values, ids = torch.topk(logits, k, dim=-1)  # each row's candidates, most likely first
+    probs = (values / temperature).softmax(dim=-1).tolist()
+    picked = []
+    for row_probs, row_ids, uniform in zip(probs, ids.tolist(), _uniforms(rngs), strict=True):
+        if top_p < 1.0:
+            # Hugging Face drops the least likely candidates whose probabilities sum to at most
+            # 1 - top_p, never the most likely one; the draw renormalises what is left.
+            tail = 0.0
+            for index in range(k - 1, 0, -1):
+                tail += row_probs[index]
+                if tail > 1 - top_p:
+                    break
+                row_probs[index] = 0.0
+        cumulative = list(itertools.accumulate(row_probs))
+        index = bisect.bisect_right(cumulative, uniform * cumulative[-1])
+        picked.append(row_ids[min(index, k - 1)])
+    return picked
+
+
+def _uniforms(rngs: list) -> list[float]:
+    """One uniform number in [0, 1) per row, from the row's generator (None: torch's global one)."""
+    if all(rng is None for rng in rngs):
+        return torch.rand(len(rngs), dtype=torch.float64).tolist()
+    return [float(torch.rand((), dtype=torch.float64, generator=rng)) for rng in rngs]
 
 
 @dataclass(eq=False)  # rows are told apart by identity
@@ -292,28 +323,40 @@ class FrameGenerator:
         for group in range(self.num_groups - 1):
             logits = steps.predictor_rows(x, start, cache, group)
             start += x.shape[1]
-            drawn = []
-            for index, row in enumerate(rows):
-                if row.record is not None:
-                    row.record.append(logits[index])
-                if row.forced is not None:
-                    code = int(row.forced[row.frames, 1 + group])
-                else:
-                    sampling = row.prompt.sampling
-                    code = _pick(
-                        logits[index],
-                        sampling.subtalker_do_sample,
-                        sampling.subtalker_top_k,
-                        sampling.subtalker_top_p,
-                        sampling.subtalker_temperature,
-                        row.rng,
-                    )
+            drawn = self._draw_rest(rows, logits, group)
+            for index, code in enumerate(drawn):
                 codes[index].append(code)
-                drawn.append(code)
             if group < self.num_groups - 2:
                 x = self.tables.predictor_codec(group, torch.tensor(drawn)).reshape(len(rows), 1, -1)
                 x = x.to(hidden.dtype)
         return codes
+
+    @staticmethod
+    def _draw_rest(rows: list[FrameRow], logits: torch.Tensor, group: int) -> list[int]:
+        """Each row's code of codebook 1 + group from the predictor's logits [R, V]: rows drawing with the
+        same options draw together (_pick_rows); forced rows take their code, recording rows keep logits."""
+        drawn = [0] * len(rows)
+        together: dict[tuple, list[int]] = {}
+        for index, row in enumerate(rows):
+            if row.record is not None:
+                row.record.append(logits[index])
+            if row.forced is not None:
+                drawn[index] = int(row.forced[row.frames, 1 + group])
+                continue
+            sampling = row.prompt.sampling
+            options = (
+                sampling.subtalker_do_sample,
+                sampling.subtalker_top_k,
+                sampling.subtalker_top_p,
+                sampling.subtalker_temperature,
+            )
+            together.setdefault(options, []).append(index)
+        for options, indices in together.items():
+            rows_logits = logits if len(indices) == len(rows) else logits[indices]
+            picked = _pick_rows(rows_logits, *options, [rows[index].rng for index in indices])
+            for index, code in zip(indices, picked, strict=True):
+                drawn[index] = code
+        return drawn
 
     def frames(
         self,
