@@ -276,22 +276,36 @@ class FrameGenerator:
                 live.append(row)
         rests = self._predict_rest(live, codes0) if live else []
         frames: dict[int, torch.Tensor] = {}
-        for row, code0, rest in zip(live, codes0, rests, strict=True):
-            row.history.append(code0)
-            frames[id(row)] = torch.tensor([code0, *rest])
+        going_on: list[int] = []  # rows of live that take another talker step
+        codes = torch.tensor([[code0, *rest] for code0, rest in zip(codes0, rests, strict=True)])
+        for index, row in enumerate(live):
+            row.history.append(codes0[index])
+            frames[id(row)] = codes[index]
             if row.frames >= row.max_frames:
                 row.done = True  # its last frame: no talker step after it
                 row.cache = None
-                continue
-            x = self.tables.codec(torch.tensor([code0]))
-            for group, code in enumerate(rest):
-                x = x + self.tables.predictor_codec(group, torch.tensor([code]))
+            else:
+                going_on.append(index)
+        if going_on:
+            self._set_next_inputs([live[index] for index in going_on], codes[going_on])
+        return [frames.get(id(row)) for row in rows]
+
+    def _set_next_inputs(self, rows: list[FrameRow], codes: torch.Tensor) -> None:
+        """Each row's next talker input from its frame's codes [R, 16]: the sum of the 16 codes' embeddings
+        (in qwen-tts's order, so bit for bit its sum) and the row's next text token or the pad.
+
+        One look-up per codebook for all rows: a torch call costs tens of microseconds here, and per row
+        and code it was 31 calls a row a frame."""
+        embeds = [self.tables.codec(codes[:, 0])]  # each [1, R, H]
+        embeds += [
+            self.tables.predictor_codec(group, codes[:, 1 + group]) for group in range(codes.shape[1] - 1)
+        ]
+        summed = torch.cat(embeds).sum(0)  # [R, H]
+        for index, row in enumerate(rows):
             step = row.frames - 1
             trailing = row.prompt.trailing_text
-            row.next_input = x + (
-                trailing[:, step : step + 1] if step < trailing.shape[1] else row.prompt.pad_embed
-            )
-        return [frames.get(id(row)) for row in rows]
+            text = trailing[:, step : step + 1] if step < trailing.shape[1] else row.prompt.pad_embed
+            row.next_input = summed[index].view(1, 1, -1) + text
 
     def _draw_code0(self, row: FrameRow) -> int | None:
         """Codebook 0 of the row's next frame, or None for EOS (or a row already at its cap)."""
