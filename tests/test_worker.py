@@ -296,6 +296,27 @@ async def test_new_sentences_sent_together_join_at_one_frame_and_ones_made_ahead
         await worker.aclose()
 
 
+async def test_requests_arriving_a_few_milliseconds_apart_at_an_idle_batch_share_one_prompt_step():
+    """An idle batch waits GATHER_SECONDS before its first step, so requests sent together but arriving
+    one after another (each connection parses its own events) still join at one frame."""
+    engine = _CountingEngine()
+    log: list[str] = []
+    start, advance = engine.start, engine.advance
+    engine.start = lambda text, voice, language: log.append(text) or start(text, voice, language)  # type: ignore[method-assign]
+    engine.advance = lambda streams: log.append(f"step {len(streams)}") or advance(streams)  # type: ignore[method-assign]
+    worker = InferenceWorker(max_batch=4)
+    try:
+        heard = []
+        for name in ("a", "b", "c"):
+            heard.append(worker.speak(engine, name, None, "english"))  # type: ignore[arg-type]
+            await asyncio.sleep(0.004)  # each connection parses its own events first
+        for audio in heard:
+            assert len(b"".join([pcm async for pcm in audio])) == 6
+        assert log[:4] == ["a", "b", "c", "step 3"]  # not a step of "a" alone before the others joined
+    finally:
+        await worker.aclose()
+
+
 class _TimedStream(EngineStream):
     """`frames` frames, handed out as made while urgent, held while not (as the pipeline's streams)."""
 

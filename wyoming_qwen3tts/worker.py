@@ -30,6 +30,11 @@ _EXHAUSTED = object()
 # enough that the frames of a sentence and the sentences of one answer never wait for it.
 IDLE_RELEASE_SECONDS = 2.0
 
+# An idle batch waits this long after the first new sentence before it starts, so that requests sent
+# together (an announcement to several satellites, a benchmark's clients) run their prompts in one talker
+# step and hear their first audio together, not one prompt and one frame apart (docs/speed.md).
+GATHER_SECONDS = 0.02
+
 # A Qwen3-TTS-12Hz frame: 12.5 a second. A batched step slower than this falls behind its listeners.
 FRAME_SECONDS = 0.08
 # Steps with only sentences somebody hears, timed to tell whether this CPU keeps up with them (the last
@@ -254,6 +259,7 @@ class SentenceBatch:
         return audio
 
     async def _run(self) -> None:
+        await asyncio.sleep(GATHER_SECONDS)  # started idle: let the sentences sent with this one arrive
         while self.waiting or self.active:
             self._changed.clear()  # set from here on by what happens while the job runs
             try:
