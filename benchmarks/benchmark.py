@@ -61,6 +61,7 @@ class BenchmarkSetting:
     predictor: str = "pytorch"  # --predictor: the code predictor on PyTorch or an OpenVINO export of it
     trace: bool = True  # --trace-steps (engine/pytorch/traced_steps.py); False: the steps run eagerly
     huge_pages: bool = True  # --huge-pages (memory.py); False: the model stays on 4 KB pages
+    greedy: bool = True  # the codes' argmax (repeatable); False: drawn as the server draws them by default
 
     @property
     def backend(self) -> str:
@@ -84,6 +85,7 @@ SETTINGS = {
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
         BenchmarkSetting("engine-int8-untraced", "engine", "auto", "int8", trace=False),
         BenchmarkSetting("engine-int8-small-pages", "engine", "auto", "int8", huge_pages=False),
+        BenchmarkSetting("engine-int8-sampled", "engine", "auto", "int8", greedy=False),
         BenchmarkSetting("engine-int8-ov-predictor", "engine", "auto", "int8", predictor="openvino-int4"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
         BenchmarkSetting("server-http", "server", "auto", "auto", http=True),
@@ -205,14 +207,16 @@ def measure_engine(setting: BenchmarkSetting, model_dir: Path, frames: int, thre
         result["precision"] += f"; code predictor on OpenVINO ({setting.predictor.removeprefix('openvino-')})"
     if not setting.huge_pages:
         result["precision"] += "; memory on 4 KB pages (--no-huge-pages)"
+    if not setting.greedy:
+        result["precision"] += "; codes sampled (the server's default), not greedy"
     if setting.backend == "openvino":
         result["precision"] = openvino_notes(engine, settings, model_dir)
     return result
 
 
 def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, threads: int):
-    """The Settings of one row: greedy, capped at the benchmark's frames; OpenVINO rows serve the export
-    the parent process made, with a fresh compile cache."""
+    """The Settings of one row: greedy unless it samples, capped at the benchmark's frames; OpenVINO rows
+    serve the export the parent process made, with a fresh compile cache."""
     from wyoming_qwen3tts.settings import EngineOptions, OpenVINOOptions, Settings, TorchOptions
 
     openvino = OpenVINOOptions(dtype=setting.dtype)
@@ -227,7 +231,7 @@ def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, thr
         engine=EngineOptions(
             model=str(model_dir),
             threads=threads,
-            greedy=True,
+            greedy=setting.greedy,
             max_frames=frames,
             warmup=False,
             huge_pages=setting.huge_pages,

@@ -1,0 +1,15 @@
+"""The benchmark's rows run what their names say: the sampled row draws its codes, the others are greedy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.benchmark import SETTINGS, engine_settings
+
+
+def test_only_the_sampled_row_samples():
+    model_dir = Path("/nonexistent/model")
+    sampled = engine_settings(SETTINGS["engine-int8-sampled"], model_dir, 48, 2)
+    greedy = engine_settings(SETTINGS["engine-int8"], model_dir, 48, 2)
+    assert sampled.engine.greedy is False and greedy.engine.greedy is True
+    assert (sampled.torch, sampled.engine.max_frames) == (greedy.torch, greedy.engine.max_frames)
