@@ -270,14 +270,20 @@ async def test_an_engine_that_cannot_batch_is_stepped_chunk_by_chunk_in_the_batc
         await worker.aclose()
 
 
-async def test_new_sentences_sent_together_join_at_one_frame_and_ones_made_ahead_one_a_frame():
-    """The last of several requests sent at once hears its first audio after one batched frame, not one
-    frame per request before it; sentences generated ahead (nobody waits for them) join one a frame."""
+def _logging_engine() -> tuple[_CountingEngine, list[str]]:
+    """A counting engine that logs each sentence it starts and the rows of each step ("step N")."""
     engine = _CountingEngine()
     log: list[str] = []
     start, advance = engine.start, engine.advance
     engine.start = lambda text, voice, language: log.append(text) or start(text, voice, language)  # type: ignore[method-assign]
     engine.advance = lambda streams: log.append(f"step {len(streams)}") or advance(streams)  # type: ignore[method-assign]
+    return engine, log
+
+
+async def test_new_sentences_sent_together_join_at_one_frame_and_ones_made_ahead_one_a_frame():
+    """The last of several requests sent at once hears its first audio after one batched frame, not one
+    frame per request before it; sentences generated ahead (nobody waits for them) join one a frame."""
+    engine, log = _logging_engine()
     worker = InferenceWorker(max_batch=4)
     try:
         heard = [worker.speak(engine, name, None, "english") for name in ("a", "b", "c")]  # type: ignore[arg-type]
@@ -299,11 +305,7 @@ async def test_new_sentences_sent_together_join_at_one_frame_and_ones_made_ahead
 async def test_requests_arriving_a_few_milliseconds_apart_at_an_idle_batch_share_one_prompt_step():
     """An idle batch waits GATHER_SECONDS before its first step, so requests sent together but arriving
     one after another (each connection parses its own events) still join at one frame."""
-    engine = _CountingEngine()
-    log: list[str] = []
-    start, advance = engine.start, engine.advance
-    engine.start = lambda text, voice, language: log.append(text) or start(text, voice, language)  # type: ignore[method-assign]
-    engine.advance = lambda streams: log.append(f"step {len(streams)}") or advance(streams)  # type: ignore[method-assign]
+    engine, log = _logging_engine()
     worker = InferenceWorker(max_batch=4)
     try:
         heard = []
