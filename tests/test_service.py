@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from test_handler import FakeEngine, expected_audio, expected_pcm
 
-from wyoming_qwen3tts.requests import EngineError, RequestError, SpeechRequest, VoiceRequest
+from wyoming_qwen3tts.requests import EngineError, RequestError, SpeechRequest, Utterance, VoiceRequest
 from wyoming_qwen3tts.service import Speech, SpeechOptions, SpeechService
 from wyoming_qwen3tts.worker import InferenceWorker
 
@@ -90,3 +90,22 @@ async def test_the_log_line_says_how_a_request_ended(
                 if stop_with is not None:
                     raise stop_with()
     assert any(r.getMessage().endswith(f"outcome={outcome}") for r in caplog.records)
+
+
+def test_the_listener_buffer_counts_audio_handed_out_less_what_a_real_time_player_has_played(monkeypatch):
+    """Utterance.buffered_seconds, which paces the sentences made ahead: a player that starts at the first
+    audio, plays in real time and pauses when it runs dry (as the benchmark's --answer listener)."""
+    now = [100.0]
+    monkeypatch.setattr("wyoming_qwen3tts.requests.time.monotonic", lambda: now[0])
+    utterance = Utterance(voice_name="Ryan", language="english", sample_rate=1000)
+    assert utterance.buffered_seconds() == 0.0
+    utterance.whole_samples(b"\0\0" * 2000, 2)  # 2 s of audio at once
+    assert utterance.buffered_seconds() == pytest.approx(2.0)
+    now[0] += 0.5
+    assert utterance.buffered_seconds() == pytest.approx(1.5)
+    utterance.whole_samples(b"\0\0" * 500, 2)
+    assert utterance.buffered_seconds() == pytest.approx(2.0)
+    now[0] += 5.0  # ran dry 2 s ago: the player waited, it did not skip ahead
+    assert utterance.buffered_seconds() == 0.0
+    utterance.whole_samples(b"\0\0" * 1000, 2)
+    assert utterance.buffered_seconds() == pytest.approx(1.0)

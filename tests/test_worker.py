@@ -335,15 +335,17 @@ class _TimedStream(EngineStream):
 
 
 class _TimedEngine:
-    """Steps that take `seconds` each; logs which sentences each step advanced."""
+    """Steps that take `seconds` each; logs which sentences each step advanced, and each prompt."""
 
     def __init__(self, seconds: float, frames: int = 8) -> None:
         self.seconds, self.frames = seconds, frames
         self.steps: list[list[str]] = []
+        self.started: list[str] = []
 
     def start(self, text, voice, language) -> _TimedStream:
         stream = _TimedStream(self.frames)
         stream.name = text  # type: ignore[attr-defined]
+        self.started.append(text)
         return stream
 
     start_many = Engine.start_many
@@ -361,46 +363,107 @@ class _TimedEngine:
 
 
 class _Request:
-    """A request as the service passes it (its Utterance): told apart by identity, not hashable."""
+    """A request as the service passes it (its Utterance): told apart by identity, not hashable, with
+    as much audio in the listener's hands as the test says."""
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __init__(self, buffered: float = 0.0) -> None:
+        self.buffered = buffered
 
-async def _speak_one_answer(engine: _TimedEngine) -> tuple[bytes, bytes]:
-    """A request's sentence being heard and its next one generated ahead, heard in turn."""
+    def buffered_seconds(self) -> float:
+        return self.buffered
+
+
+async def _speak_one_answer(engine: _TimedEngine, request: _Request, later: int = 1) -> list[bytes]:
+    """A request's sentence being heard and the next ones generated ahead, each heard in turn."""
     worker = InferenceWorker(max_batch=4)
-    request = _Request()
     try:
-        current = worker.speak(engine, "now", None, "english", owner=request)  # type: ignore[arg-type]
-        ahead = worker.speak(engine, "later", None, "english", ahead=True, owner=request)  # type: ignore[arg-type]
-        heard = b"".join([pcm async for pcm in current])
-        ahead.listen()
-        return heard, b"".join([pcm async for pcm in ahead])
+        sentences = [worker.speak(engine, "now", None, "english", owner=request)]  # type: ignore[arg-type]
+        for index in range(1, later + 1):
+            name = f"later{index}" if later > 1 else "later"
+            sentences.append(worker.speak(engine, name, None, "english", ahead=True, owner=request))  # type: ignore[arg-type]
+        heard = []
+        for audio in sentences:
+            audio.listen()
+            heard.append(b"".join([pcm async for pcm in audio]))
+        return heard
     finally:
         await worker.aclose()
 
 
-async def test_where_steps_keep_up_a_sentence_made_ahead_waits_for_the_one_being_heard(monkeypatch):
-    """Steps faster than the audio they make: sharing them would slow the sentence being heard below
-    real time for nothing, so the next sentence of the request waits until that one is made."""
+def _while_made(engine: _TimedEngine, name: str) -> list[list[str]]:
+    """The steps up to the last one that advanced the sentence called name."""
+    last = max(index for index, names in enumerate(engine.steps) if name in names)
+    return engine.steps[: last + 1]
+
+
+@pytest.mark.parametrize("step_seconds", [0.0, 0.08], ids=["steps keep up", "steps fall behind"])
+async def test_a_sentence_made_ahead_waits_while_the_listener_has_no_audio_in_hand(monkeypatch, step_seconds):
+    """Sharing the steps would slow the sentence being heard, and the listener would hear a gap: the next
+    sentence of the request waits, without even its prompt, until that one is made."""
+    monkeypatch.setattr(worker_module, "FRAME_SECONDS", 0.05)
+    engine = _TimedEngine(seconds=step_seconds)
+    heard = await _speak_one_answer(engine, _Request(buffered=0.0))
+    assert [len(pcm) for pcm in heard] == [16, 16]  # every frame of both, in order
+    assert _while_made(engine, "now") == [["now"]] * 8  # heard alone, at full speed
+    assert engine.started == ["now", "later"]
+
+
+@pytest.mark.parametrize(
+    ("step_seconds", "buffered", "shares"),
+    [(0.0, 0.5, False), (0.0, 1.5, True), (0.08, 0.5, True), (0.08, 0.2, False)],
+    ids=["keep up, 0.5 s in hand", "keep up, 1.5 s", "fall behind, 0.5 s", "fall behind, 0.2 s"],
+)
+async def test_a_sentence_made_ahead_shares_the_steps_while_the_listener_has_enough_in_hand(
+    monkeypatch, step_seconds, buffered, shares
+):
+    """Enough audio in hand that a chunk made at the shared pace still comes in time: more where the
+    steps keep up with real time (AHEAD_BUFFER_SECONDS) than where they fall behind and the listener waits
+    anyway (AHEAD_BUFFER_BEHIND_SECONDS), once enough steps are timed to tell which."""
+    monkeypatch.setattr(worker_module, "FRAME_SECONDS", 0.05)
+    engine = _TimedEngine(seconds=step_seconds)
+    heard = await _speak_one_answer(engine, _Request(buffered=buffered))
+    assert [len(pcm) for pcm in heard] == [16, 16]
+    assert (["now", "later"] in engine.steps) == shares
+    if shares and step_seconds:
+        timed = worker_module.PACE_SAMPLES_NEEDED
+        assert engine.steps[:timed] == [["now"]] * timed  # until timed, assumed to keep up
+
+
+async def test_only_the_next_sentence_made_ahead_shares_the_steps_of_the_one_being_heard(monkeypatch):
+    """Two sentences ahead, all the audio in the world in hand: one row ahead at a time, so the sentence
+    being heard is slowed by one, not two; the third steps once the first is made."""
     monkeypatch.setattr(worker_module, "FRAME_SECONDS", 0.05)
     engine = _TimedEngine(seconds=0.0)
-    heard, later = await _speak_one_answer(engine)
-    assert len(heard) == len(later) == 16  # every frame of both, in order
-    now_steps = [index for index, names in enumerate(engine.steps) if "now" in names]
-    assert engine.steps[: len(now_steps)] == [["now"]] * 8  # heard alone, at full speed
-    assert ["now", "later"] not in engine.steps
+    heard = await _speak_one_answer(engine, _Request(buffered=60.0), later=2)
+    assert [len(pcm) for pcm in heard] == [16, 16, 16]
+    while_now = _while_made(engine, "now")
+    assert ["now", "later1"] in while_now
+    assert not any("later2" in names for names in while_now)
+    assert engine.started.index("later2") > engine.started.index("later1")
 
 
-async def test_where_steps_fall_behind_a_sentence_made_ahead_shares_them(monkeypatch):
-    """Steps slower than the audio: the listener waits anyway, so the sentence ahead steps along (one
-    read of the weights for both) once enough steps are timed."""
+async def test_a_sentence_ahead_waiting_for_its_turn_never_holds_back_another_request(monkeypatch):
+    """A sentence made ahead that its listener cannot afford yet stays in the queue; a new request's
+    sentence behind it joins at once."""
     monkeypatch.setattr(worker_module, "FRAME_SECONDS", 0.05)
-    engine = _TimedEngine(seconds=0.08)
-    heard, later = await _speak_one_answer(engine)
-    assert len(heard) == len(later) == 16
-    assert engine.steps[: worker_module.PACE_SAMPLES_NEEDED] == [["now"]] * worker_module.PACE_SAMPLES_NEEDED
-    assert ["now", "later"] in engine.steps
+    engine = _TimedEngine(seconds=0.01, frames=20)
+    worker = InferenceWorker(max_batch=4)
+    request = _Request(buffered=0.0)
+    try:
+        now = worker.speak(engine, "now", None, "english", owner=request)  # type: ignore[arg-type]
+        later = worker.speak(engine, "later", None, "english", ahead=True, owner=request)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        other = worker.speak(engine, "other", None, "english", owner=_Request())  # type: ignore[arg-type]
+        assert len(b"".join([pcm async for pcm in other])) == 40
+        assert len(b"".join([pcm async for pcm in now])) == 40
+        later.listen()
+        assert len(b"".join([pcm async for pcm in later])) == 40
+    finally:
+        await worker.aclose()
+    assert engine.started == ["now", "other", "later"]  # "other" went past the one waiting for its turn
+    assert not any("now" in names and "later" in names for names in engine.steps)
 
 
 async def test_sentences_of_other_requests_are_never_paused_for_each_other(monkeypatch):

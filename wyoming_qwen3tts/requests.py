@@ -157,6 +157,10 @@ class Utterance:
     text_ready_at: float | None = None  # when its first sentence was ready to speak
     first_audio_at: float | None = None
     synthesis_seconds: float = 0.0  # time spent waiting for the engine
+    sample_rate: int = 24000
+    # When a player that starts at the first audio and plays in real time (pausing whenever it runs dry)
+    # will have played everything handed out so far: what the listener has in hand (buffered_seconds).
+    heard_until: float = 0.0
 
     def whole_samples(self, pcm: bytes, sample_bytes: int) -> bytes:
         """The whole samples of pcm (after any half sample left over), counted as handed out."""
@@ -164,10 +168,16 @@ class Utterance:
         whole = len(data) - len(data) % sample_bytes
         data, self.pcm_remainder = data[:whole], data[whole:]
         if whole:
+            now = time.monotonic()
             if self.first_audio_at is None:
-                self.first_audio_at = time.monotonic()
+                self.first_audio_at = now
             self.samples += whole // sample_bytes
+            self.heard_until = max(self.heard_until, now) + whole / sample_bytes / self.sample_rate
         return data
+
+    def buffered_seconds(self) -> float:
+        """Seconds of audio the listener has in hand and not yet heard, as a real-time player would."""
+        return max(0.0, self.heard_until - time.monotonic())
 
     def log_line(self, outcome: str, sample_rate: int) -> str:
         """Who, voice, language, size, first audio, real-time factor and how it ended, on one line."""

@@ -193,6 +193,7 @@ class SpeechService:
             client=request.client,
             language_requested=bool(asked.language),
             instructions_ignored=ignored,
+            sample_rate=self.sample_rate,
         )
         return voice, utterance
 

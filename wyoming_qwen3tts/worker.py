@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .memory import release_free_memory
 
@@ -41,6 +41,17 @@ FRAME_SECONDS = 0.08
 # this many; from PACE_SAMPLES_NEEDED on, the timing decides).
 PACE_WINDOW = 25
 PACE_SAMPLES_NEEDED = 3
+# A request's sentence generated ahead shares the steps of the one being made (and slows it) only while
+# the listener has this much audio in hand: where steps keep up with real time, enough that a chunk made
+# at the shared pace still comes in time; where they fall behind, a little (docs/speed.md, "Pacing").
+AHEAD_BUFFER_SECONDS = 1.0
+AHEAD_BUFFER_BEHIND_SECONDS = 0.3
+
+
+class Listener(Protocol):
+    """Whom a request's sentences are for (the service's Utterance): how much audio it has in hand."""
+
+    def buffered_seconds(self) -> float: ...
 
 
 class InferenceWorker:
@@ -78,7 +89,7 @@ class InferenceWorker:
         voice: Voice,
         language: str,
         ahead: bool = False,
-        owner: object = None,
+        owner: Listener | None = None,
     ) -> SentenceAudio:
         """A sentence for the batch (max_batch > 1): generation starts at once, its PCM arrives in order.
 
@@ -185,7 +196,7 @@ class SentenceAudio:
         language: str,
         ahead: bool,
         wake: Callable[[], None],
-        owner: object = None,
+        owner: Listener | None = None,
     ) -> None:
         self.args = (text, voice, language)
         self.owner = owner  # the request it belongs to; None: a request of its own
@@ -233,10 +244,11 @@ class SentenceBatch:
     made waits outside the count of --max-batch until it is heard.
 
     Pacing: a sentence generated ahead slows, by sharing its steps, the sentence of its request that is
-    being heard. Where the steps of the sentences being heard run faster than real time (timed over the
-    last frames), that costs the listener gaps and buys nothing, so a sentence generated ahead then
-    waits, without steps, while one of its own request is still being made; where they run slower, the
-    listener waits anyway and sharing the steps makes the most audio a second, so it steps along.
+    being made, and a listener that runs dry hears a gap. So of a request's sentences still to be made,
+    the first (the one heard, or next to be heard) always steps; the second steps along only while
+    the listener has audio in hand (Listener.buffered_seconds: AHEAD_BUFFER_SECONDS where the steps of
+    heard sentences, timed over the last frames, keep up with real time, AHEAD_BUFFER_BEHIND_SECONDS
+    where they fall behind and the listener waits anyway); the others wait, without steps or a prompt.
     """
 
     def __init__(self, worker: InferenceWorker, engine: Engine) -> None:
@@ -249,7 +261,7 @@ class SentenceBatch:
         self._heard_steps: deque[float] = deque(maxlen=PACE_WINDOW)  # seconds a step, heard rows only
 
     def add(
-        self, text: str, voice: Voice, language: str, ahead: bool = False, owner: object = None
+        self, text: str, voice: Voice, language: str, ahead: bool = False, owner: Listener | None = None
     ) -> SentenceAudio:
         audio = SentenceAudio(text, voice, language, ahead, self._changed.set, owner)
         self.waiting.append(audio)
@@ -280,7 +292,7 @@ class SentenceBatch:
         return bool(self.active) and self._all_held() and not self._can_join()
 
     def _can_join(self) -> bool:
-        return bool(self.waiting) and self._stepping() < self.worker.max_batch
+        return self._stepping() < self.worker.max_batch and any(map(self._may_step, self.waiting))
 
     def _stepping(self) -> int:
         """Sentences that still take a row of the batched steps. A held one (generated ahead, all made,
@@ -316,16 +328,18 @@ class SentenceBatch:
         self.active = kept
         joining: list[SentenceAudio] = []
         room = self.worker.max_batch - self._stepping()
-        while self.waiting and len(joining) < room:
-            audio = self.waiting[0]
-            if audio.ahead and joining:
-                break  # a sentence generated ahead joins a frame of its own (below)
-            self.waiting.popleft()
+        for audio in list(self.waiting):  # added to on the event loop meanwhile: taken one by one
+            if len(joining) >= room:
+                break
             if audio.cancelled:
-                continue
-            joining.append(audio)
-            if audio.ahead:
-                break  # nobody hears it yet: one such prompt a frame holds the others back the least
+                self.waiting.remove(audio)
+            elif not audio.ahead or (not joining and self._may_step(audio)):
+                # Nobody hears a sentence made ahead yet: one such prompt a frame, alone, holds the
+                # others back the least; one its listener cannot afford yet waits, without its prompt.
+                self.waiting.remove(audio)
+                joining.append(audio)
+                if audio.ahead:
+                    break
         started = self.engine.start_many([audio.args for audio in joining]) if joining else []
         for audio, stream in zip(joining, started, strict=True):
             if isinstance(stream, Exception):  # this sentence cannot be spoken; the others go on
@@ -368,18 +382,26 @@ class SentenceBatch:
         return delivered
 
     def _paced(self) -> list[SentenceAudio]:
-        """The sentences that step this frame: all of them, but for those generated ahead of a sentence
-        of their own request still being made, while this CPU makes heard sentences faster than real time
-        (see the class docstring)."""
-        if not self._keeps_up():
-            return self.active
-        # Requests told apart by identity (an owner need not be hashable).
-        being_made = {id(audio.owner) for audio in self.active if not audio.ahead and audio.owner is not None}
-        return [
-            audio
-            for audio in self.active
-            if not (audio.ahead and id(audio.owner) in being_made and not self._held(audio))
-        ]
+        """The sentences that step this frame: all but those generated ahead that their listener cannot
+        afford yet (see the class docstring)."""
+        return [audio for audio in self.active if self._may_step(audio)]
+
+    def _may_step(self, audio: SentenceAudio) -> bool:
+        """Whether a sentence (active, or waiting to join) may step this frame, by its request's pacing."""
+        if not audio.ahead or audio.owner is None or self._held(audio):
+            return True
+        before = 0  # sentences of its request, before it, still to be made
+        for other in self.active:
+            if other is audio:
+                break
+            if other.owner is audio.owner and not self._held(other) and not other.cancelled:
+                before += 1
+        if before == 0:
+            return True
+        if before > 1:
+            return False
+        limit = AHEAD_BUFFER_SECONDS if self._keeps_up() else AHEAD_BUFFER_BEHIND_SECONDS
+        return audio.owner.buffered_seconds() >= limit
 
     def _keeps_up(self) -> bool:
         """Whether the recent steps of heard sentences alone ran faster than the audio they make (until
