@@ -408,10 +408,12 @@ def measure_concurrency(
     levels: list[int],
     mode: str = "batched",
     backend: Sequence[str] = (),
+    rounds: int = 1,
 ) -> list[dict]:
-    """One PyTorch server; N clients at once speak the benchmark text, for each N in levels.
+    """One PyTorch server; N clients at once speak the benchmark text, for each N in levels, the levels
+    taken in turn `rounds` times (so a slow minute of a shared host falls on every level alike).
 
-    Per level: each client's first audio and real-time factor, the audio seconds produced per
+    Per level and round: each client's first audio and real-time factor, the audio seconds produced per
     second by all of them together, and the server's resident memory during the level.
     """
     import asyncio
@@ -437,7 +439,7 @@ def measure_concurrency(
     results = []
     try:
         asyncio.run(first_request())
-        for level in levels:
+        for round_index, level in ((r, level) for r in range(rounds) for level in levels):
             peak = [resident_gb()]
             stop = threading.Event()
 
@@ -461,6 +463,7 @@ def measure_concurrency(
                 {
                     "mode": mode,
                     "clients": level,
+                    "round": round_index + 1,
                     "first_audio_s": [round(first, 2) for first, _, _ in clients],
                     "rtf": [
                         round(total / seconds, 2)
@@ -476,11 +479,28 @@ def measure_concurrency(
     return results
 
 
+def median_rounds(results: list[dict]) -> list[dict]:
+    """Per mode and level, the round with the median audio seconds a second (the lower middle of an even
+    count), with every round's figure beside it as "rounds"."""
+    medians = []
+    for key in dict.fromkeys((r["mode"], r["clients"]) for r in results):
+        rows = sorted(
+            (r for r in results if (r["mode"], r["clients"]) == key), key=lambda r: r["audio_s_per_s"]
+        )
+        median = dict(rows[(len(rows) - 1) // 2])
+        median["rounds"] = [r["audio_s_per_s"] for r in results if (r["mode"], r["clients"]) == key]
+        medians.append(median)
+    return medians
+
+
 def concurrency_table(results: list[dict]) -> str:
+    """The median round of each level (median_rounds), its gain over one client's median round."""
+    results = median_rounds(results)
+    several = any(len(r["rounds"]) > 1 for r in results)
     lines = [
         "| server | clients | first audio s (each) | real-time factor (each) | audio s per s, all together "
-        "| vs 1 client | peak RSS GB |",
-        "|---|---|---|---|---|---|---|",
+        "| vs 1 client | peak RSS GB |" + (" audio s per s, each round |" if several else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if several else ""),
     ]
     notes = []
     for mode in dict.fromkeys(r["mode"] for r in results):
@@ -489,9 +509,10 @@ def concurrency_table(results: list[dict]) -> str:
         for r in rows:
             firsts, rtfs = ", ".join(map(str, r["first_audio_s"])), ", ".join(map(str, r["rtf"]))
             gain = f"{r['audio_s_per_s'] / one['audio_s_per_s']:.2f}x" if one else "-"
+            each = f" {', '.join(f'{x:.2f}' for x in r['rounds'])} |" if several else ""
             lines.append(
                 f"| {mode} | {r['clients']} | {firsts} | {rtfs} | {r['audio_s_per_s']:.2f} | {gain} "
-                f"| {r['peak_rss_gb']:.2f} |"
+                f"| {r['peak_rss_gb']:.2f} |{each}"
             )
         most = max(rows, key=lambda r: r["clients"])
         if one and most["clients"] > 1:
@@ -598,6 +619,15 @@ def answer_table(results: list[dict]) -> str:
         f"| {r['mode']} | {r['first_audio_s']} | {r['audio_s']} | {r['stall_s']} | {r['last_audio_s']} |"
         for r in results
     ]
+    medians = {}
+    for mode in dict.fromkeys(r["mode"] for r in results):
+        stalls = sorted(r["stall_s"] for r in results if r["mode"] == mode)
+        medians[mode] = stalls[(len(stalls) - 1) // 2]
+    if len(results) > len(medians):
+        said = ", ".join(f"{mode} {stall} s" for mode, stall in medians.items())
+        batched, alone = medians.get("batched"), medians.get("max-batch 1")
+        ratio = f" ({batched / alone:.2f}x)" if batched is not None and alone else ""
+        lines += ["", f"median stalls: {said}{ratio}"]
     return "\n".join(lines)
 
 
@@ -787,6 +817,13 @@ def main(argv: list[str] | None = None) -> int:
         default="pytorch",
         help="the backend of --concurrency and --answer (an OpenVINO export is made once if missing)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="--concurrency: take the levels in turn this many times and report each level's median round; "
+        "--answer: run the modes in turn this many times and report each mode's median stalls",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: measure one setting, print JSON
     args = parser.parse_args(argv)
@@ -812,7 +849,9 @@ def main(argv: list[str] | None = None) -> int:
         concurrent = [
             row
             for mode in MODES
-            for row in measure_concurrency(model_dir, args.frames, args.threads, levels, mode, backend)
+            for row in measure_concurrency(
+                model_dir, args.frames, args.threads, levels, mode, backend, args.rounds
+            )
         ]
         print(concurrency_table(concurrent))
         if args.json:
@@ -825,7 +864,11 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; a {len(ANSWER)}-sentence answer, "
             f"{args.frames} frames a sentence"
         )
-        answers = [measure_answer(model_dir, args.frames, args.threads, mode, backend) for mode in MODES]
+        answers = [
+            measure_answer(model_dir, args.frames, args.threads, mode, backend)
+            for _ in range(args.rounds)
+            for mode in MODES
+        ]
         print(answer_table(answers))
         if args.json:
             args.json.write_text(json.dumps(answers, indent=2))
