@@ -495,7 +495,7 @@ def median_rounds(results: list[dict]) -> list[dict]:
 
 def concurrency_table(results: list[dict]) -> str:
     """The median round of each level (median_rounds), its gain over one client's median round."""
-    results = median_rounds(results)
+    raw, results = results, median_rounds(results)
     several = any(len(r["rounds"]) > 1 for r in results)
     lines = [
         "| server | clients | first audio s (each) | real-time factor (each) | audio s per s, all together "
@@ -514,9 +514,11 @@ def concurrency_table(results: list[dict]) -> str:
                 f"| {mode} | {r['clients']} | {firsts} | {rtfs} | {r['audio_s_per_s']:.2f} | {gain} "
                 f"| {r['peak_rss_gb']:.2f} |{each}"
             )
-        most = max(rows, key=lambda r: r["clients"])
-        if one and most["clients"] > 1:
-            per_utterance = (most["peak_rss_gb"] - one["peak_rss_gb"]) / (most["clients"] - 1) * 1024
+        # Memory from the first round: later rounds start from what the largest level left resident.
+        first = {r["clients"]: r for r in raw if r["mode"] == mode and r.get("round", 1) == 1}
+        most = first[max(first)]
+        if 1 in first and most["clients"] > 1:
+            per_utterance = (most["peak_rss_gb"] - first[1]["peak_rss_gb"]) / (most["clients"] - 1) * 1024
             notes.append(f"{mode}: memory per further concurrent utterance {per_utterance:.0f} MB")
     return "\n".join(lines + ([""] + notes if notes else []))
 

@@ -29,6 +29,14 @@ def test_each_level_is_reported_by_its_median_round_and_the_gain_by_the_medians(
     table = concurrency_table(rounds)
     assert "| batched | 2 |" in table and "| 1.30 | 1.62x |" in table  # 1.30 / 0.80, not 1.40 / 0.60
     assert "1.40, 1.30, 1.20 |" in table
+    assert "memory per further concurrent utterance 10 MB" in table  # from the first round alone
+
+
+def test_memory_per_further_utterance_comes_from_the_first_round():
+    """Later rounds start with what the largest level left resident: their one-client peak is no baseline."""
+    rounds = [_level(1, 1, 0.8), _level(4, 1, 1.7), _level(1, 2, 0.8), _level(4, 2, 1.7)]
+    rounds[2]["peak_rss_gb"] = rounds[3]["peak_rss_gb"] = 2.5
+    assert "memory per further concurrent utterance 10 MB" in concurrency_table(rounds)  # 30 MB / 3
 
 
 def test_one_round_keeps_the_table_as_it_was():
