@@ -292,7 +292,8 @@ class SentenceBatch:
         return bool(self.active) and self._all_held() and not self._can_join()
 
     def _can_join(self) -> bool:
-        return self._stepping() < self.worker.max_batch and any(map(self._may_step, self.waiting))
+        # A copy: the event loop may add to the queue while this runs on the worker thread.
+        return self._stepping() < self.worker.max_batch and any(map(self._may_step, list(self.waiting)))
 
     def _stepping(self) -> int:
         """Sentences that still take a row of the batched steps. A held one (generated ahead, all made,
