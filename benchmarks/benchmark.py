@@ -23,10 +23,12 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 FRAME_SECONDS = 0.08
 TEXT = (
@@ -479,16 +481,20 @@ def measure_concurrency(
     return results
 
 
+def lower_median(items: Sequence[T], key: Callable[[T], float]) -> T:
+    """The item with the median key (the lower middle of an even count)."""
+    ranked = sorted(items, key=key)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def median_rounds(results: list[dict]) -> list[dict]:
-    """Per mode and level, the round with the median audio seconds a second (the lower middle of an even
-    count), with every round's figure beside it as "rounds"."""
+    """Per mode and level, the round with the median audio seconds a second, with every round's figure
+    beside it as "rounds"."""
     medians = []
     for key in dict.fromkeys((r["mode"], r["clients"]) for r in results):
-        rows = sorted(
-            (r for r in results if (r["mode"], r["clients"]) == key), key=lambda r: r["audio_s_per_s"]
-        )
-        median = dict(rows[(len(rows) - 1) // 2])
-        median["rounds"] = [r["audio_s_per_s"] for r in results if (r["mode"], r["clients"]) == key]
+        rounds = [r for r in results if (r["mode"], r["clients"]) == key]
+        median = dict(lower_median(rounds, key=lambda r: r["audio_s_per_s"]))
+        median["rounds"] = [r["audio_s_per_s"] for r in rounds]
         medians.append(median)
     return medians
 
@@ -621,10 +627,10 @@ def answer_table(results: list[dict]) -> str:
         f"| {r['mode']} | {r['first_audio_s']} | {r['audio_s']} | {r['stall_s']} | {r['last_audio_s']} |"
         for r in results
     ]
-    medians = {}
-    for mode in dict.fromkeys(r["mode"] for r in results):
-        stalls = sorted(r["stall_s"] for r in results if r["mode"] == mode)
-        medians[mode] = stalls[(len(stalls) - 1) // 2]
+    medians = {
+        mode: lower_median([r["stall_s"] for r in results if r["mode"] == mode], key=float)
+        for mode in dict.fromkeys(r["mode"] for r in results)
+    }
     if len(results) > len(medians):
         said = ", ".join(f"{mode} {stall} s" for mode, stall in medians.items())
         batched, alone = medians.get("batched"), medians.get("max-batch 1")
