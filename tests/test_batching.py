@@ -199,7 +199,9 @@ def test_prompts_started_together_share_talker_steps_up_to_a_token_budget(tiny_m
     monkeypatch.setattr(
         generator.steps,
         "talker_prompts",
-        lambda embeds, caches: steps.append([e.shape[1] for e in embeds]) or talker_prompts(embeds, caches),
+        lambda embeds, caches, shared=None: (
+            steps.append([e.shape[1] for e in embeds]) or talker_prompts(embeds, caches, shared)
+        ),
     )
     monkeypatch.setattr(loop, "JOINED_PROMPT_TOKENS", lengths[0] + lengths[1])
     rows = generator.start_rows(prompts, [4, 4, 4])

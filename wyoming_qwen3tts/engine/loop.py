@@ -66,6 +66,7 @@ class TalkerPrompt:
     trailing_text: torch.Tensor  # [1, N, H]
     pad_embed: torch.Tensor  # [1, 1, H]
     sampling: SamplingOptions
+    shared: int = 0  # the first embeds that depend on the voice and language alone, not on the text
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, top_k: int, top_p: float, temperature: float, rng) -> int:
@@ -221,7 +222,9 @@ class FrameGenerator:
         results: list[tuple[torch.Tensor, torch.Tensor]] = []
         for group in groups:
             results += self.steps.talker_prompts(
-                [prompts[i].embeds for i in group], [caches[i] for i in group]
+                [prompts[i].embeds for i in group],
+                [caches[i] for i in group],
+                [prompts[i].shared for i in group],
             )
         return [
             FrameRow(prompt, cap, rng, cache, prompt.embeds.shape[1], logits, hidden)

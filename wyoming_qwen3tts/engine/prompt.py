@@ -232,6 +232,8 @@ class PromptBuilder:
         parts = [role, text_prefix + codec_prefix[:, :-1]]
         if instruct:
             parts.insert(0, tables.text(self.tokenize(instruct_text(instruct))))
+        # Up to here the prompt is the voice's and the language's alone: every text of it starts so.
+        shared = sum(part.shape[1] for part in parts)
 
         body_ids = text_ids[ROLE_TOKENS:-TEXT_TAIL_TOKENS]
         if clone is not None and clone.ref_code is not None:
@@ -241,6 +243,9 @@ class PromptBuilder:
                 ref_ids, body_ids, clone.ref_code, tts_pad, tts_eos, NON_STREAMING_DEFAULT[kind]
             )
             parts.append(in_context)
+            # Its first rows hold the reference transcript's tokens (over the reference's codes), the
+            # text's only after them.
+            shared += min(ref_ids.shape[0], in_context.shape[1])
         elif NON_STREAMING_DEFAULT[kind]:
             # All the text at once, each token over codec pad, then tts_pad over codec bos.
             text_rows = torch.cat((tables.text(body_ids), tts_eos), dim=1)
@@ -258,6 +263,7 @@ class PromptBuilder:
             trailing_text=trailing,
             pad_embed=tts_pad,
             sampling=SamplingOptions.from_generate_kwargs(merged),
+            shared=shared,
         )
 
     def _check_call(

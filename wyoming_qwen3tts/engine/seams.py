@@ -226,10 +226,12 @@ class ModelSteps(ABC):
         return talker_row_by_row(self.talker, embeds, starts, caches)
 
     def talker_prompts(
-        self, prompts: list[torch.Tensor], caches: list[Any]
+        self, prompts: list[torch.Tensor], caches: list[Any], shared: list[int] | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`talker` at start 0 for the prompts [1, n_i, H] of several new utterances, each into its own
-        cache: what `talker` returns for each. By default one after another."""
+        cache: what `talker` returns for each. By default one after another. shared[i]: how many of
+        prompt i's first positions depend on its voice alone (TalkerPrompt.shared), which a backend may
+        take from an earlier prompt that began alike instead of computing them again."""
         return prompts_one_by_one(self.talker, prompts, caches)
 
     def new_predictor_rows(self, rows: int) -> Any:

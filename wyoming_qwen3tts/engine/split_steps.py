@@ -29,7 +29,7 @@ class TalkerSteps(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def talker_prompts(
-        self, prompts: list[torch.Tensor], caches: list[Any]
+        self, prompts: list[torch.Tensor], caches: list[Any], shared: list[int] | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
@@ -65,9 +65,9 @@ class SplitSteps(ModelSteps):
         return self.talker_steps.talker_rows(embeds, starts, caches)
 
     def talker_prompts(
-        self, prompts: list[torch.Tensor], caches: list[Any]
+        self, prompts: list[torch.Tensor], caches: list[Any], shared: list[int] | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return self.talker_steps.talker_prompts(prompts, caches)
+        return self.talker_steps.talker_prompts(prompts, caches, shared)
 
     def new_predictor_cache(self) -> Any:
         return self.code_predictor.new_predictor_cache()

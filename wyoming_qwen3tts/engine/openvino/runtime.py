@@ -163,8 +163,9 @@ class OpenVINOTalker:
         return talker_row_by_row(self.talker, embeds, starts, caches)
 
     def talker_prompts(
-        self, prompts: list[torch.Tensor], caches: list[ov.InferRequest]
+        self, prompts: list[torch.Tensor], caches: list[ov.InferRequest], shared: list[int] | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # A stateful request's keys and values cannot be set from outside: every prompt runs whole.
         return prompts_one_by_one(self.talker, prompts, caches)
 
 

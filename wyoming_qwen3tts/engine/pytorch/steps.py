@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..seams import CodeLayout, ModelSteps
+from .prefixes import MIN_PREFIX, PrefixStore
 
 
 @dataclass
@@ -247,27 +248,33 @@ class DecoderStack:
 
         return self._stack(x, cos, signed_sin, attend)
 
-    def prompts(self, x: torch.Tensor, lengths: list[int], caches: list[KVCache]) -> torch.Tensor:
-        """Several sequences' first tokens, x [1, sum(lengths), H] one after another, each from position 0
-        into its own cache: the projections and MLPs once for all their tokens (one read of the weights),
-        attention within each sequence. Returns the normed hidden states [1, sum(lengths), H]."""
+    def prompts(
+        self, x: torch.Tensor, lengths: list[int], caches: list[KVCache], starts: list[int] | None = None
+    ) -> torch.Tensor:
+        """Several sequences' tokens, x [1, sum(lengths), H] one after another, each from its position
+        in `starts` (default 0; the positions before it already in its cache) into its own cache: the
+        projections and MLPs once for all their tokens (one read of the weights), attention within each
+        sequence. Returns the normed hidden states [1, sum(lengths), H]."""
+        starts = starts or [0] * len(lengths)
         bounds = [0]
         for length in lengths:
             bounds.append(bounds[-1] + length)
-        positions = torch.cat([torch.arange(length) for length in lengths])
+        positions = torch.cat(
+            [torch.arange(start, start + length) for start, length in zip(starts, lengths, strict=True)]
+        )
 
         def attend(index: int, qk: torch.Tensor, q_heads: int, new_values: torch.Tensor) -> torch.Tensor:
             return torch.cat(
                 [
                     self._attend_at_end(
-                        cache.keys[index][:, :, : end - begin],
-                        cache.values[index][:, :, : end - begin],
+                        cache.keys[index][:, :, : start + end - begin],
+                        cache.values[index][:, :, : start + end - begin],
                         qk[:, :, begin:end],
                         q_heads,
                         new_values[:, :, begin:end],
                         end - begin,
                     )
-                    for begin, end, cache in zip(bounds[:-1], bounds[1:], caches, strict=True)
+                    for begin, end, start, cache in zip(bounds[:-1], bounds[1:], starts, caches, strict=True)
                 ],
                 dim=2,
             )
@@ -284,14 +291,24 @@ class DecoderStack:
         n: int,
     ) -> torch.Tensor:
         """Write n new keys (qk's heads after the q heads) and values at the end of one layer's cache
-        views, then attend the q heads over the views: causally when n > 1, which holds only for views
-        of just those n positions (a sequence's start)."""
+        views, then attend the q heads over the views, causally when n > 1 (each new token sees the
+        positions before the n, and the new ones up to itself)."""
         # narrow(), one op where indexing records a slice per dimension; -n counts from the end, so a
         # traced step holds no position.
         keys.narrow(2, -n, n).copy_(qk.narrow(1, q_heads, qk.shape[1] - q_heads))
         values.narrow(2, -n, n).copy_(new_values)
+        before = keys.shape[2] - n  # a plain int: traced steps run one token, or two from the start
+        mask = None
+        if n > 1 and before:  # is_causal aligns the mask to the first key; here the new tokens are last
+            mask = torch.ones(n, n + before, dtype=torch.bool).tril(before)
         return F.scaled_dot_product_attention(
-            qk.narrow(1, 0, q_heads), keys, values, is_causal=n > 1, scale=self.scaling, enable_gqa=True
+            qk.narrow(1, 0, q_heads),
+            keys,
+            values,
+            attn_mask=mask,
+            is_causal=n > 1 and not before,
+            scale=self.scaling,
+            enable_gqa=True,
         )
 
     def _stack(
@@ -376,6 +393,7 @@ class TorchSteps(ModelSteps):
         with torch.inference_mode():
             cos, sin = _rotary_table(talker.model.rotary_emb, max_positions, dtype, rows=3)
             self.talker_stack = DecoderStack(talker.model.layers, talker.model.norm, cos, sin, make_linear)
+        self.prefixes = PrefixStore()  # the talker's keys and values of voices' prompt beginnings
         if not predictor:
             code_predictor.model.layers = nn.ModuleList()
             code_predictor.lm_head = nn.ModuleList()
@@ -408,15 +426,45 @@ class TorchSteps(ModelSteps):
         return self.codec_head(hidden[:, -1]).float(), hidden
 
     def talker_prompts(
-        self, prompts: list[torch.Tensor], caches: list[KVCache]
+        self, prompts: list[torch.Tensor], caches: list[KVCache], shared: list[int] | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if len(prompts) == 1:
-            return [self.talker(prompts[0], 0, caches[0])]
-        lengths = [prompt.shape[1] for prompt in prompts]
-        hidden = self.talker_stack.prompts(torch.cat(prompts, dim=1).to(self.dtype), lengths, caches)
-        last = hidden[0, torch.tensor(lengths).cumsum(0) - 1]  # [B, H]: each prompt's last position
-        logits = self.codec_head(last).float()
-        return [(logits[row], last[row].view(1, 1, -1)) for row in range(len(prompts))]
+        """The prompts through the talker in one call; the first shared[i] positions of prompt i, where
+        they were seen before, copied from the prefix store instead of being computed (prefixes.py)."""
+        starts = [0] * len(prompts)
+        fresh: list[tuple[int, int]] = []  # (prompt, shared positions) to keep once computed
+        for index, (prompt, cache) in enumerate(zip(prompts, caches, strict=True)):
+            # The last position is always computed: its logits and hidden state are what a prompt gives.
+            length = min(shared[index] if shared else 0, prompt.shape[1] - 1)
+            if length < MIN_PREFIX:
+                continue
+            prefix = self.prefixes.find(prompt[:, :length])
+            if prefix is None:
+                fresh.append((index, length))
+                continue
+            for cached, kept in zip(
+                [*cache.keys, *cache.values], [*prefix.keys, *prefix.values], strict=True
+            ):
+                cached[:, :, :length].copy_(kept)
+            starts[index] = length
+        if len(prompts) == 1 and not starts[0]:
+            results = [self.talker(prompts[0], 0, caches[0])]
+        else:
+            lengths = [prompt.shape[1] - start for prompt, start in zip(prompts, starts, strict=True)]
+            joined = torch.cat(
+                [prompt[:, start:] for prompt, start in zip(prompts, starts, strict=True)], dim=1
+            )
+            hidden = self.talker_stack.prompts(joined.to(self.dtype), lengths, caches, starts)
+            last = hidden[0, torch.tensor(lengths).cumsum(0) - 1]  # [B, H]: each prompt's last position
+            logits = self.codec_head(last).float()
+            results = [(logits[row], last[row].view(1, 1, -1)) for row in range(len(prompts))]
+        for index, length in fresh:
+            cache = caches[index]
+            self.prefixes.keep(
+                prompts[index][:, :length],
+                [keys[:, :, :length] for keys in cache.keys],
+                [values[:, :, :length] for values in cache.values],
+            )
+        return results
 
     def new_predictor_cache(self) -> KVCache:
         return self.predictor_stack.new_cache(self.layout.num_groups + 1)
