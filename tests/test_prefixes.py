@@ -14,7 +14,10 @@ import pytest
 import torch
 from test_batching import KINDS, TEXTS, load
 
+from wyoming_qwen3tts.__main__ import warm_up
 from wyoming_qwen3tts.engine.pytorch.prefixes import MIN_PREFIX, PrefixStore
+from wyoming_qwen3tts.service import SpeechOptions, SpeechService
+from wyoming_qwen3tts.worker import InferenceWorker
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -155,3 +158,19 @@ def test_the_store_keeps_to_its_budget_least_recently_used_first():
     changed[0, -1, -1] += 1e-6
     assert store.find(changed) is None  # every byte counts
 
+
+def test_the_server_warm_up_keeps_the_prefix_of_its_default_voice(tiny_models, tmp_path):
+    """__main__.warm_up speaks in the voice and language a request that names neither gets (here --voice
+    is the model's second voice): the first such request then starts from the kept prefix."""
+    engine = load(tiny_models["custom_voice"], None, tmp_path)
+    first, chosen = engine.voices()[:2]
+    worker = InferenceWorker(max_batch=2)
+    try:
+        warm_up(engine, SpeechService(engine, SpeechOptions(default_voice=chosen.name), worker), 2)
+    finally:
+        worker.close()
+    store = engine.frame_generator.steps.prefixes
+    start(engine, TEXTS[0], chosen, language="auto")
+    assert store.hits == 1
+    start(engine, TEXTS[0], first, language="auto")  # not the default voice: not kept yet
+    assert store.hits == 1

@@ -22,13 +22,12 @@ from .wyoming.server import check_wyoming_address, serve_wyoming
 _LOGGER = logging.getLogger("wyoming_qwen3tts")
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Find the model, load it with the chosen backend and warm it up."""
-    engine = create_engine(settings)
-    if settings.warmup:
-        _LOGGER.info("Warming up")
-        engine.warmup(rows=max(1, settings.speech.max_batch))
-    return engine
+def warm_up(engine: Engine, service: SpeechService, rows: int) -> None:
+    """One short sentence in the voice and language a request gets that names neither (so the talker
+    keeps that prompt beginning too: engine/pytorch/prefixes.py), then every batch size up to rows."""
+    _LOGGER.info("Warming up")
+    voice = service.default_voice()
+    engine.warmup(rows, voice, service.resolve_language(voice, None))
 
 
 def speech_options(settings: Settings, engine: Engine) -> SpeechOptions:
@@ -72,8 +71,10 @@ async def serve(settings: Settings) -> None:
         # All torch work, loading and warm-up included, runs on the one worker thread: each thread
         # that calls into torch gets its own OpenMP team, and a second team spinning beside the first
         # slows synthesis down (docs/speed.md, "Design measurements").
-        engine = await worker.run(load_engine, settings)
+        engine = await worker.run(create_engine, settings)
         service = SpeechService(engine, speech_options(settings, engine), worker)
+        if settings.warmup:
+            await worker.run(warm_up, engine, service, max(1, settings.speech.max_batch))
         if http is not None:
             http.state.ready(service)
         if settings.engine.voices_dir is not None and settings.engine.voices_reload_interval > 0:

@@ -319,10 +319,10 @@ class PipelineEngine(Engine):
             pcm[index] = to_pcm16(wav)
         return pcm
 
-    def warmup(self, rows: int = 1) -> None:
+    def warmup(self, rows: int = 1, voice: Voice | None = None, language: str = "auto") -> None:
         """The short synthesis, then every batch size up to rows through the steps, so the first requests
         that meet are not slow either (traced steps record each batch size once)."""
-        super().warmup(rows)
+        super().warmup(rows, voice, language)
         for count in range(2, rows + 1):
             self.frame_generator.prepare_rows(count)
 

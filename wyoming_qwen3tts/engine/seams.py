@@ -110,12 +110,11 @@ class Engine(ABC):
             steps.append(stream.step())
         return steps
 
-    def warmup(self, rows: int = 1) -> None:
-        """Run one short synthesis so the first real request is not the slow one. rows: the most
-        sentences that will step together; an engine that prepares each batch size (PipelineEngine) does
-        so here."""
-        voice = self.voices()[0]
-        for _ in self.synthesize("Hello.", voice, "auto"):
+    def warmup(self, rows: int = 1, voice: Voice | None = None, language: str = "auto") -> None:
+        """Run one short synthesis (in voice, default the first, and language) so the first real request
+        is not the slow one. rows: the most sentences that will step together; an engine that prepares
+        each batch size (PipelineEngine) does so here."""
+        for _ in self.synthesize("Hello.", voice or self.voices()[0], language):
             pass
 
 
