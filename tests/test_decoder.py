@@ -14,7 +14,13 @@ import pytest
 import torch
 from conftest import snr_db
 
-from wyoming_qwen3tts.engine.codec import BATCHED_PASS_FRAMES, StreamingDecoder, TorchCodec, decode_together
+from wyoming_qwen3tts.engine.codec import (
+    BATCHED_HEAD_FRAMES,
+    BATCHED_PASS_FRAMES,
+    StreamingDecoder,
+    TorchCodec,
+    decode_together,
+)
 from wyoming_qwen3tts.engine.qwen_import import import_qwen_tts
 from wyoming_qwen3tts.engine.seams import MAX_FRAMES_PER_PASS, CodecStep, DecoderState
 
@@ -275,7 +281,35 @@ def test_decode_together_of_long_chunks_and_backends_that_decode_one_row(decoder
     for got, chunk in zip(together, chunks, strict=True):
         assert torch.equal(got, StreamingDecoder(step).decode(chunk))
     assert passes == [2]  # the two 2-frame chunks; the long one in passes of its own
-    # A pass takes at most BATCHED_PASS_FRAMES frames of all its rows: 3-frame chunks two to a pass.
+    # A pass takes at most BATCHED_HEAD_FRAMES frames of all its rows: 3-frame chunks ten to a pass.
     passes.clear()
-    decode_together([StreamingDecoder(step) for _ in range(5)], [codes[0, :, :3].t()] * 5)
-    assert BATCHED_PASS_FRAMES == 8 and passes == [2, 2]  # and the fifth alone
+    decode_together([StreamingDecoder(step) for _ in range(11)], [codes[0, :, :3].t()] * 11)
+    assert BATCHED_HEAD_FRAMES == 32 and passes == [10]  # and the eleventh alone
+
+
+@pytest.mark.parametrize("length", [3, 8])
+def test_a_batched_pass_runs_its_tail_a_few_rows_at_a_time(decoder, codes, length):
+    """The head of a pass takes all its rows; the tail, which holds the longest tensors, at most
+    BATCHED_PASS_FRAMES frames of them at a time; every row still gets what it gets alone."""
+    step = TorchCodec(decoder)
+    heads: list[int] = []
+    tails: list[int] = []
+    head, tail = step.graph.head, step.graph.tail
+    step.graph.head = lambda c, *rest: heads.append(c.shape[0]) or head(c, *rest)  # type: ignore[method-assign]
+    step.graph.tail = lambda h, *rest: tails.append(h.shape[0]) or tail(h, *rest)  # type: ignore[method-assign]
+    streams = [StreamingDecoder(step) for _ in range(4)]
+    for stream, done in zip(streams, (0, 30, 75, 10), strict=True):
+        stream.decode(codes[..., :done])
+    alone = [stream.copy() for stream in streams]
+    starts = (3, 40, 80, 50)
+    chunks = [codes[0, :, start : start + length].t() for start in starts]
+    heads.clear(), tails.clear()
+    together = decode_together(streams, chunks)
+    assert BATCHED_PASS_FRAMES == 8
+    assert heads == [4] and tails == ([2, 2] if length == 3 else [1, 1, 1, 1])
+    for got, twin, chunk in zip(together, alone, chunks, strict=True):
+        assert (got - twin.decode(chunk)).abs().max() < 1e-5
+    nxt = codes[..., 60:62]
+    for stream, twin in zip(streams, alone, strict=True):
+        assert stream.frames == twin.frames
+        assert (stream.decode(nxt) - twin.decode(nxt)).abs().max() < 1e-5

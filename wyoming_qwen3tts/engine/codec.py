@@ -38,9 +38,14 @@ from torch.nn import functional as F
 from . import codec_kernels as kernels
 from .seams import CodecStep, DecoderState
 
-# Frames of all rows together in one batched pass: a stream's largest chunk (8 frames) and no more, so
-# decoding several streams at once needs no more memory than one (four rows of 8 frames held 70 MB more).
+# A batched pass runs the codec's head (its transformer, upsampling and first decoder blocks, which read
+# their weights once for all rows) on up to BATCHED_HEAD_FRAMES frames of all its rows, then its tail
+# (the last blocks: bound by arithmetic, with the longest tensors) on at most BATCHED_PASS_FRAMES, a
+# stream's largest chunk, so decoding several streams at once needs little more memory than one (four
+# rows of 8 frames through the whole codec held 70 MB more).
+BATCHED_HEAD_FRAMES = 32
 BATCHED_PASS_FRAMES = 8
+HEAD_BLOCKS = 2  # decoder blocks in the head: up to 384 channels at 160 samples a frame
 
 
 class StreamingDecoder:
@@ -99,16 +104,16 @@ def decode_together(decoders: list[StreamingDecoder], chunks: list[torch.Tensor]
 
     Chunks of the same length on the same step run as one batched pass (CodecStep.decode_rows): a pass
     reads every weight of the codec, and the first, one-frame chunks of several new sentences cost
-    little more together than one alone. A pass takes at most BATCHED_PASS_FRAMES frames of all its
-    rows together, so its memory does not grow with the batch.
+    little more together than one alone. A pass takes at most BATCHED_HEAD_FRAMES frames of all its
+    rows; TorchCodec runs its tail on BATCHED_PASS_FRAMES at a time, so memory does not grow with the batch.
     """
     samples: list[torch.Tensor | None] = [None] * len(decoders)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, (decoder, chunk) in enumerate(zip(decoders, chunks, strict=True)):
         groups.setdefault((id(decoder.step), chunk.shape[0]), []).append(index)
-    passes = []  # a chunk longer than BATCHED_PASS_FRAMES goes alone, and decode() splits it as it must
+    passes = []  # a chunk longer than BATCHED_HEAD_FRAMES goes alone, and decode() splits it as it must
     for (_step, length), indices in groups.items():
-        rows = max(1, BATCHED_PASS_FRAMES // length)
+        rows = max(1, BATCHED_HEAD_FRAMES // length)
         passes += [indices[start : start + rows] for start in range(0, len(indices), rows)]
     for indices in passes:
         if len(indices) == 1:
@@ -148,18 +153,25 @@ class TorchCodec(CodecStep):
     def decode_rows(
         self, codes: torch.Tensor, states: list[DecoderState]
     ) -> tuple[torch.Tensor, list[DecoderState]]:
-        """B streams in one pass of the graph: their states stacked on the batch axis, then split again."""
+        """B streams in one pass: their states stacked on the batch axis, the graph's head run on all rows
+        at once, its tail on BATCHED_PASS_FRAMES frames of them at a time, the states split again."""
+        length = codes.shape[2]
+        per_tail = max(1, BATCHED_PASS_FRAMES // length)
+        wavs, rows = [], []
         with torch.inference_mode():
             device = states[0].keys[0].device
             frames = torch.tensor([state.frames for state in states], device=device)
             stacked = [torch.cat(parts) for parts in zip(*(state.tensors() for state in states), strict=True)]
-            wav, *tensors = self.graph(codes.to(device, torch.long), frames, *stacked)
-        length = codes.shape[2]
-        rows = [
-            self.graph.state(state.frames + length, [tensor[row : row + 1] for tensor in tensors])
-            for row, state in enumerate(states)
-        ]
-        return wav.float().view(len(states), -1), rows
+            hidden, carried, keys, values = self.graph.head(codes.to(device, torch.long), frames, stacked)
+            for start in range(0, len(states), per_tail):
+                group = slice(start, start + per_tail)
+                convs = [tensor[group] for tensor in carried]  # the tail replaces its convs' entries
+                wavs.append(self.graph.tail(hidden[group], convs).float())
+                for row in range(convs[0].shape[0]):
+                    tensors = [tensor[row : row + 1] for tensor in convs]
+                    tensors += [tensor[start + row : start + row + 1] for tensor in (*keys, *values)]
+                    rows.append(self.graph.state(states[start + row].frames + length, tensors))
+        return torch.cat(wavs), rows
 
 
 class CodecGraph(nn.Module):
@@ -268,37 +280,56 @@ class CodecGraph(nn.Module):
     def forward(
         self, codes: torch.Tensor, frames: torch.Tensor, *state: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
+        hidden, carried, keys, values = self.head(codes, frames, state)
+        # Rows one after another (one row: [T * 1920], as the exported graph has always returned).
+        return (self.tail(hidden, carried).reshape(-1), *carried, *keys, *values)
+
+    def head(
+        self, codes: torch.Tensor, frames: torch.Tensor, state: list[torch.Tensor] | tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """forward up to the tail: (hidden [B, C, T'], the conv contexts, with the head's convs' replaced,
+        the keys and the values)."""
         convs, layers = len(self._context), len(self._layers)
         carried = list(state[:convs])  # each replaced by its conv's new context as the chunk passes
-
-        def conv(module: Any, x: torch.Tensor) -> torch.Tensor:
-            return self._conv(module, x, carried)
-
         hidden = self._quantized(codes)
-        hidden = conv(self.decoder.pre_conv, hidden).transpose(1, 2)
+        hidden = self._conv(self.decoder.pre_conv, hidden, carried).transpose(1, 2)
         hidden, keys, values = self._attend(
             hidden, frames, state[convs : convs + layers], state[convs + layers :]
         )
         hidden = hidden.transpose(1, 2)
         for upsample, convnext in self._upsample:
-            hidden = self._convnext(convnext, conv(upsample, hidden), carried)
-        wav = conv(self._first_conv, hidden)
+            hidden = self._convnext(convnext, self._conv(upsample, hidden, carried), carried)
+        hidden = self._conv(self._first_conv, hidden, carried)
+        for block in self._blocks[:HEAD_BLOCKS]:
+            hidden = self._block(block, hidden, carried)
+        return hidden, carried, keys, values
+
+    def tail(self, hidden: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
+        """The rest of forward on what head gave: samples [B, T * 1920]; replaces the tail's contexts."""
+        for block in self._blocks[HEAD_BLOCKS:]:
+            hidden = self._block(block, hidden, carried)
         if self._kernels:
-            for act, upsample, units in self._blocks:
-                wav = self._snake_conv(act, upsample, wav, carried)
-                for unit in units:
-                    out = self._snake_conv(unit.act1, unit.conv1, wav, carried)
-                    wav = self._snake_conv(unit.act2, unit.conv2, out, carried, residual=wav)
-            wav = self._snake_conv(self._last_act, self._last_conv, wav, carried)
+            wav = self._snake_conv(self._last_act, self._last_conv, hidden, carried)
         else:
-            for act, upsample, units in self._blocks:
-                wav = conv(upsample, _snake(act, wav))
-                for unit in units:
-                    out = conv(unit.conv1, _snake(unit.act1, wav))
-                    wav = conv(unit.conv2, _snake(unit.act2, out)).add_(wav)
-            wav = conv(self._last_conv, _snake(self._last_act, wav))
-        # Rows one after another (one row: [T * 1920], as the exported graph has always returned).
-        return (wav.clamp(min=-1, max=1).reshape(-1), *carried, *keys, *values)
+            wav = self._conv(self._last_conv, _snake(self._last_act, hidden), carried)
+        return wav.clamp(min=-1, max=1).flatten(1)
+
+    def _block(
+        self, block: tuple[Any, Any, list[Any]], wav: torch.Tensor, carried: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """A decoder block: SnakeBeta, the upsampling conv, the residual units."""
+        act, upsample, units = block
+        if self._kernels:
+            wav = self._snake_conv(act, upsample, wav, carried)
+            for unit in units:
+                out = self._snake_conv(unit.act1, unit.conv1, wav, carried)
+                wav = self._snake_conv(unit.act2, unit.conv2, out, carried, residual=wav)
+            return wav
+        wav = self._conv(upsample, _snake(act, wav), carried)
+        for unit in units:
+            out = self._conv(unit.conv1, _snake(unit.act1, wav), carried)
+            wav = self._conv(unit.conv2, _snake(unit.act2, out), carried).add_(wav)
+        return wav
 
     def _quantized(self, codes: torch.Tensor) -> torch.Tensor:
         """SplitResidualVectorQuantizer.decode: [1, 16, T] codes -> [1, codebook_dim, T], same sums."""
