@@ -285,6 +285,14 @@ def test_decode_together_of_long_chunks_and_backends_that_decode_one_row(decoder
     passes.clear()
     decode_together([StreamingDecoder(step) for _ in range(11)], [codes[0, :, :3].t()] * 11)
     assert BATCHED_HEAD_FRAMES == 32 and passes == [10]  # and the eleventh alone
+    # A step that decodes at most 4 frames a call (the OpenVINO codec) gets no longer chunks in a batch.
+    passes.clear()
+    step.max_frames_per_pass = 4
+    chunks = [codes[0, :, :8].t(), codes[0, :, 8:16].t(), codes[0, :, :4].t(), codes[0, :, 4:8].t()]
+    together = decode_together([StreamingDecoder(step) for _ in chunks], chunks)
+    assert passes == [2]  # the two 4-frame chunks; each 8-frame one alone, in two calls of 4
+    for got, chunk in zip(together, chunks, strict=True):
+        assert torch.equal(got, StreamingDecoder(step).decode(chunk))
 
 
 @pytest.mark.parametrize("length", [3, 8])

@@ -111,9 +111,10 @@ def decode_together(decoders: list[StreamingDecoder], chunks: list[torch.Tensor]
     groups: dict[tuple[int, int], list[int]] = {}
     for index, (decoder, chunk) in enumerate(zip(decoders, chunks, strict=True)):
         groups.setdefault((id(decoder.step), chunk.shape[0]), []).append(index)
-    passes = []  # a chunk longer than BATCHED_HEAD_FRAMES goes alone, and decode() splits it as it must
+    passes = []  # a chunk longer than a pass of its step goes alone, and decode() splits it as it must
     for (_step, length), indices in groups.items():
-        rows = max(1, BATCHED_HEAD_FRAMES // length)
+        fits = length <= decoders[indices[0]].step.max_frames_per_pass
+        rows = max(1, BATCHED_HEAD_FRAMES // length) if fits else 1
         passes += [indices[start : start + rows] for start in range(0, len(indices), rows)]
     for indices in passes:
         if len(indices) == 1:
