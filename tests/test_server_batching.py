@@ -39,8 +39,9 @@ SENTENCES = [
 FLOAT = ["--dtype", "float32", "--quantize", "none"]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models):
+@pytest.fixture(scope="module", params=["in-turn", "codec-thread"])
+def server(tiny_models, request):
+    """The batching server; with two threads, the codec decodes beside the steps (engine/codec_thread.py)."""
     http_port = free_port()
     args = [
         "--model",
@@ -51,9 +52,11 @@ def server(tiny_models):
         "4",
         "--look-ahead",
         "2",
+        *(["--threads", "2"] if request.param == "codec-thread" else []),
     ]
     with running_server([*args, "--http-uri", f"tcp://127.0.0.1:{http_port}", "--debug"]) as process:
         process.http = f"http://127.0.0.1:{http_port}"
+        assert ("beside the steps" in process.log()) == (request.param == "codec-thread")
         yield process
 
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from ..voices import (
 )
 from ..voices.voice import Voice
 from .codec import StreamingDecoder, decode_together
+from .codec_thread import CodecThread
 from .loop import FrameGenerator, FrameRow, TalkerPrompt
 from .options import EngineOptions
 from .prompt import PromptBuilder
@@ -49,6 +51,9 @@ MAX_FRAME_CAP = 3000  # 4 minutes of speech in one sentence; the talker's positi
 # larger, as the codec decodes a frame for less when it gets several at once (docs/speed.md, "Design
 # measurements").
 CHUNK_SCHEDULE = (1, 3, 8)
+# A sentence's first chunks are decoded at once even with a codec thread (codec_thread.py), so its first
+# audio and the audio right after it do not wait for a job of other sentences' chunks.
+CHUNKS_AT_ONCE = 2
 MIN_REFERENCE_SECONDS = 0.5  # shorter reference audio cannot give a speaker embedding
 REQUEST_PROMPTS_KEPT = 8  # clone prompts of recent voice-clone requests, kept for a repeat
 
@@ -76,6 +81,7 @@ class EngineParts:
     encoder: ReferenceEncoder | None  # Base models only
     clone_fingerprint: Callable[[], str]  # of the encoders, for clone prompt cache keys; called when needed
     description: str  # formats and threads, for the log
+    codec_threads: int = 0  # torch threads of a codec thread beside the steps (codec_thread.py); 0: none
 
 
 class _UnreadableAudio(ValueError):
@@ -107,6 +113,10 @@ class PipelineEngine(Engine):
         )
         # Built once: its per-module tables are shared by every copy().
         self._fresh_decoder = StreamingDecoder(parts.codec)
+        self._threads = torch.get_num_threads()
+        self._codec_thread: CodecThread[SentenceStream] | None = None
+        if 0 < parts.codec_threads < self._threads:
+            self._codec_thread = CodecThread(parts.codec_threads, self._threads - parts.codec_threads)
         self._clone_prompts: dict[str, ClonePrompt] = {}  # by cache key: voices with the same audio share one
         self._request_prompts: OrderedDict[str, ClonePrompt] = OrderedDict()  # HTTP voice-clone, newest last
         self._prompt_cache = ClonePromptCache(options.data_dir / "voice-cache")
@@ -297,7 +307,10 @@ class PipelineEngine(Engine):
         """The streams of prompts started together, or each one's error: should the joint step fail,
         each starts alone, so only the prompt at fault gets an error."""
         try:
-            rows = self.frame_generator.start_rows([item[1] for item in ready], [item[2] for item in ready])
+            with self._step_threads():
+                rows = self.frame_generator.start_rows(
+                    [item[1] for item in ready], [item[2] for item in ready]
+                )
         except Exception as err:
             if len(ready) == 1:
                 return [err]
@@ -308,16 +321,53 @@ class PipelineEngine(Engine):
         ]
 
     def advance(self, streams: Sequence[SentenceStream]) -> list[bytes]:  # type: ignore[override]
-        """One frame for every stream in one batched pass; each stream's PCM that is due now (the chunks
-        due decoded together, equal lengths in one pass)."""
-        frames = self.frame_generator.advance([stream.row for stream in streams])
+        """One frame for every stream in one batched pass; each stream's PCM that is ready now (the chunks
+        due decoded together, equal lengths in one pass). With a codec thread, a stream's later chunks
+        are decoded there while the next frames' steps run, and handed out once done."""
+        with self._step_threads():
+            frames = self.frame_generator.advance([stream.row for stream in streams])
         chunks = [stream.take(frame) for stream, frame in zip(streams, frames, strict=True)]
         due = [index for index, chunk in enumerate(chunks) if chunk is not None]
-        pcm = [b""] * len(streams)
-        samples = decode_together([streams[i].decoder for i in due], [chunks[i] for i in due])  # type: ignore[misc]
-        for index, wav in zip(due, samples, strict=True):
-            pcm[index] = to_pcm16(wav)
-        return pcm
+        codec = self._codec_thread
+        stepping = any(not stream.row.done for stream in streams)
+        later = []
+        if codec is not None and stepping:
+            later = [index for index in due if streams[index].chunks_decoded >= CHUNKS_AT_ONCE]
+        now = [index for index in due if index not in later]
+        if codec is not None and codec.pending and (later or not codec.busy or not stepping):
+            for stream, wav in codec.collect():  # waits only for a job that must be done first
+                stream.decoded.append(to_pcm16(wav))
+                stream.decoding = False
+        if now:
+            with self._step_threads():
+                samples = decode_together([streams[i].decoder for i in now], [chunks[i] for i in now])  # type: ignore[misc]
+            for index, wav in zip(now, samples, strict=True):
+                streams[index].decoded.append(to_pcm16(wav))
+        if later:
+            assert codec is not None
+            for index in later:
+                streams[index].decoding = True
+            codec.submit(
+                [streams[i] for i in later],
+                [streams[i].decoder for i in later],
+                [chunks[i] for i in later],  # type: ignore[misc]
+            )
+        for index in due:
+            streams[index].chunks_decoded += 1
+        return [stream.hand_out() for stream in streams]
+
+    @contextmanager
+    def _step_threads(self) -> Iterator[None]:
+        """Every torch thread for the steps, but those of the codec thread while it decodes."""
+        codec = self._codec_thread
+        if codec is None or not codec.busy:
+            yield
+            return
+        torch.set_num_threads(codec.step_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self._threads)
 
     def warmup(self, rows: int = 1, voice: Voice | None = None, language: str = "auto") -> None:
         """The short synthesis, then every batch size up to rows through the steps, so the first requests
@@ -349,10 +399,19 @@ class SentenceStream(EngineStream):
         self.pending: list[torch.Tensor] = []
         self.schedule = iter(CHUNK_SCHEDULE)
         self.wanted = next(self.schedule)
+        self.chunks_decoded = 0  # handed to the codec, now or on its thread
+        self.decoding = False  # a chunk is on the codec thread
+        self.decoded: list[bytes] = []  # PCM ready, not yet handed out
 
     @property
     def done(self) -> bool:
-        return self.row.done and not self.pending
+        return self.row.done and not self.pending and not self.decoding and not self.decoded
+
+    def hand_out(self) -> bytes:
+        """The PCM ready since last asked, in order."""
+        pcm = b"".join(self.decoded)
+        self.decoded.clear()
+        return pcm
 
     @property
     def held(self) -> bool:

@@ -162,6 +162,9 @@ class PyTorchEngine(PipelineEngine):
 
             steps = SplitSteps(torch_steps, load_predictor(predictor_export, torch_steps.layout, threads))
             description += f"; code predictor on OpenVINO ({self.predictor.removeprefix('openvino-')})"
+        codec_threads = self._codec_threads(threads, torch_options)
+        if codec_threads:
+            description += f"; codec on {codec_threads} of them beside the steps"
         base = model.tts_model_type == "base"
         encoders = [
             ("speaker_encoder", model.speaker_encoder),
@@ -174,8 +177,16 @@ class PyTorchEngine(PipelineEngine):
             encoder=TorchReferenceEncoder(tts) if base else None,
             clone_fingerprint=lambda: model_fingerprint(encoders),
             description=description,
+            codec_threads=codec_threads,
         )
         super().__init__(model_dir, options, parts, started)
+
+    def _codec_threads(self, threads: int, options: TorchOptions) -> int:
+        """Threads of the codec's own thread: half, where the steps are PyTorch's on 2 or more threads
+        (an OpenVINO predictor keeps its own thread pool, which would then compete)."""
+        if not options.codec_thread or self.predictor != "pytorch" or threads < 2:
+            return 0
+        return threads // 2
 
     def _after_clone_prompts(self) -> None:
         release_checkpoint_pages()  # what the encoders read to build and fingerprint clone prompts

@@ -153,6 +153,10 @@ class IpexEngine(PyTorchEngine):
             kernel = optimized_linears(self._ipex, getattr(torch, self.precision.compute_dtype))
         return apply_precision(model, self.precision, kernel, predictor=predictor)
 
+    def _codec_threads(self, threads: int, options: TorchOptions) -> int:
+        """No codec thread: its gain was measured on PyTorch's kernels only (torch 2.8 and IPEX untried)."""
+        return 0
+
     def _compile(self, steps: TorchSteps) -> str:
         _LOGGER.warning("--compile skipped: it applies to --backend pytorch; IPEX runs its own kernels")
         return "not compiled (ipex)"

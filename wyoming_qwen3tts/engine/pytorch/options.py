@@ -30,6 +30,7 @@ class TorchOptions:
     compile: bool = False  # torch.compile the float talker/predictor steps (compiled_steps.py)
     trace_steps: bool = True  # record the one-token steps as TorchScript graphs (traced_steps.py)
     predictor: str = "pytorch"  # PREDICTORS: beside the talker, or an OpenVINO export of it
+    codec_thread: bool = True  # decode on a thread of its own beside the steps (engine/codec_thread.py)
 
     def resolved_dtype(self, native_bf16: bool | None = None) -> str:
         """The dtype to load with: "auto" is bfloat16 where this CPU has native bf16, else float32."""
@@ -85,6 +86,15 @@ TORCH_FLAGS = FlagGroup(
             "docs/speed.md)",
             choice(PREDICTORS),
             choices=PREDICTORS,
+        ),
+        Flag(
+            "codec_thread",
+            ("QWEN3TTS_CODEC_THREAD",),
+            "with 2 or more threads and the code predictor on pytorch, decode audio on half the threads "
+            "beside the steps, which wait for memory while the codec computes (docs/speed.md); "
+            "--no-codec-thread decodes in turn on all threads",
+            boolean,
+            action=argparse.BooleanOptionalAction,
         ),
     ),
 )
