@@ -64,6 +64,7 @@ class BenchmarkSetting:
     trace: bool = True  # --trace-steps (engine/pytorch/traced_steps.py); False: the steps run eagerly
     huge_pages: bool = True  # --huge-pages (memory.py); False: the model stays on 4 KB pages
     greedy: bool = True  # the codes' argmax (repeatable); False: drawn as the server draws them by default
+    codec_thread: bool = True  # --codec-thread (engine/codec_thread.py); False: the codec decodes in turn
 
     @property
     def backend(self) -> str:
@@ -88,6 +89,7 @@ SETTINGS = {
         BenchmarkSetting("engine-int8-untraced", "engine", "auto", "int8", trace=False),
         BenchmarkSetting("engine-int8-small-pages", "engine", "auto", "int8", huge_pages=False),
         BenchmarkSetting("engine-int8-sampled", "engine", "auto", "int8", greedy=False),
+        BenchmarkSetting("engine-int8-codec-in-turn", "engine", "auto", "int8", codec_thread=False),
         BenchmarkSetting("engine-int8-ov-predictor", "engine", "auto", "int8", predictor="openvino-int4"),
         BenchmarkSetting("server-auto", "server", "auto", "auto"),
         BenchmarkSetting("server-http", "server", "auto", "auto", http=True),
@@ -245,6 +247,7 @@ def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, thr
             compile=setting.compile,
             predictor=setting.predictor,
             trace_steps=setting.trace,
+            codec_thread=setting.codec_thread,
         ),
         openvino=openvino,
     )
@@ -294,7 +297,9 @@ def ensure_predictor_export(model_dir: Path, predictors: set[str]) -> None:
 
 
 def profile_engine(engine, voice, frames: int) -> dict[str, float]:
-    """Where the milliseconds of one frame go: talker step, 15 predictor steps, codec decode, the rest."""
+    """Where the milliseconds of one frame go: talker step, 15 predictor steps, codec decode, the rest.
+    Timed in turn: a codec thread (engine/codec_thread.py) is set aside meanwhile, as its decoding would
+    overlap the steps."""
     spent: dict[str, float] = defaultdict(float)
     inside = [0]  # a step that calls another (a backend's rows step running its one-row step) counts once
 
@@ -329,6 +334,8 @@ def profile_engine(engine, voice, frames: int) -> dict[str, float]:
         return decoder
 
     engine._decoder_for = decoder_for
+    codec_thread = getattr(engine, "_codec_thread", None)
+    engine._codec_thread = None
     try:
         started = time.perf_counter()
         samples = sum(len(chunk) // 2 for chunk in engine.synthesize(TEXT, voice, "english"))
@@ -337,6 +344,7 @@ def profile_engine(engine, voice, frames: int) -> dict[str, float]:
         for method in wrapped:
             delattr(steps, method)
         del engine._decoder_for
+        engine._codec_thread = codec_thread
     count = max(1, round(samples / 1920))
     profile = {name: 1000 * seconds / count for name, seconds in spent.items()}
     profile["rest (sampling, embeddings, prompt)"] = 1000 * total / count - sum(profile.values())

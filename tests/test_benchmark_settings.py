@@ -1,4 +1,5 @@
-"""The benchmark's rows run what their names say: the sampled row draws its codes, the others are greedy."""
+"""The benchmark's rows run what their names say: the sampled row draws its codes, the others are greedy;
+only the codec-in-turn row decodes without a codec thread."""
 
 from __future__ import annotations
 
@@ -13,3 +14,12 @@ def test_only_the_sampled_row_samples():
     greedy = engine_settings(SETTINGS["engine-int8"], model_dir, 48, 2)
     assert sampled.engine.greedy is False and greedy.engine.greedy is True
     assert (sampled.torch, sampled.engine.max_frames) == (greedy.torch, greedy.engine.max_frames)
+
+
+def test_only_the_codec_in_turn_row_decodes_without_a_codec_thread():
+    model_dir = Path("/nonexistent/model")
+    in_turn = engine_settings(SETTINGS["engine-int8-codec-in-turn"], model_dir, 48, 2)
+    others = [
+        engine_settings(s, model_dir, 48, 2) for n, s in SETTINGS.items() if n != "engine-int8-codec-in-turn"
+    ]
+    assert in_turn.torch.codec_thread is False and all(o.torch.codec_thread for o in others)
