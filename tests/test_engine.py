@@ -38,7 +38,10 @@ def test_greedy_streamed_audio_equals_qwen_tts_generate(tiny_models):
     got = np.frombuffer(b"".join(chunks), "<i2").astype(np.float64)
 
     assert rate == engine.sample_rate
-    assert [len(c) // 2 // 1920 for c in chunks] == [1, 3, 8, 1]  # 1 frame first, then 3, then up to 8
+    sizes = [len(c) // 2 // 1920 for c in chunks]
+    # 1 frame first, then 3, then up to 8 a chunk; with a codec thread (two threads or more), a chunk
+    # decoded there may be handed out together with the next one: [1, 3, 8, 1] or [1, 3, 9].
+    assert sizes[:2] == [1, 3] and sizes in ([1, 3, 8, 1], [1, 3, 9])
     assert got.shape == expected.shape == (frames * 1920,)
     assert snr_db(expected, got) >= 40
     # No click where chunks join: around each joint the stream is the whole-utterance audio.
