@@ -95,3 +95,49 @@ def test_the_server_moves_its_loaded_model_unless_told_not_to(tiny_models) -> No
     said = [line for line in server.log().splitlines() if "2 MB pages" in line or SMALL_PAGES in line]
     assert len(said) == 1 and "engine.registry" in said[0], server.log()[-2000:]
     assert "2 MB pages" not in small.log() and SMALL_PAGES not in small.log()
+
+
+ARENAS_CHILD = """
+import ctypes, sys, threading
+from wyoming_qwen3tts.memory import cap_malloc_arenas
+capped = cap_malloc_arenas() if sys.argv[1] == "cap" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype = libc.fopen.restype = ctypes.c_void_p
+def allocate():
+    libc.free(ctypes.c_void_p(libc.malloc(1000)))
+threads = [threading.Thread(target=allocate) for _ in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+report = libc.fopen(sys.argv[2].encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(report))
+libc.fclose(ctypes.c_void_p(report))
+print(capped, open(sys.argv[2]).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's arena cap is glibc's")
+@pytest.mark.parametrize("arena_env", [None, "4"])
+def test_threads_share_one_malloc_arena_unless_the_environment_says(tmp_path, arena_env) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if arena_env is not None:
+        env["MALLOC_ARENA_MAX"] = arena_env
+    heaps = {}
+    for mode in ("cap", "leave"):
+        out = subprocess.run(
+            [sys.executable, "-c", ARENAS_CHILD, mode, str(tmp_path / f"{mode}.xml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        heaps[mode] = (out[0] == "True", int(out[1]))
+    if arena_env is None:  # capped: one arena; left alone, each new thread got one of its own
+        assert heaps["cap"] == (True, 1) and heaps["leave"][1] > 1
+    else:  # the user's MALLOC_ARENA_MAX stands
+        assert heaps["cap"][0] is False and heaps["cap"][1] > 1 and heaps["leave"][1] > 1
