@@ -13,7 +13,6 @@ from .engine import Engine
 from .engine.model_files import ModelError
 from .engine.registry import create_engine
 from .languages import to_model_language
-from .memory import cap_malloc_arenas
 from .requests import EngineError
 from .service import SpeechOptions, SpeechService
 from .settings import Settings, SettingsError, parse_settings
@@ -102,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.log.debug:
         for noisy in ("transformers", "urllib3", "numba", "httpx", "filelock", "uvicorn.error"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    cap_malloc_arenas()  # before the worker and codec threads allocate (memory.py)
     try:
         asyncio.run(serve(settings))
     except (SettingsError, ModelError, EngineError) as err:

@@ -7,12 +7,6 @@ convolutions), on a mini PC that shares its RAM with everything else. `malloc_tr
 pages in 11-16 ms; the inference worker (worker.py) calls it once it has been idle for a while, never
 between the frames of a sentence. Where the C library has no malloc_trim (musl, macOS) nothing happens.
 
-Each thread that allocates gets a malloc arena of its own, which keeps what was freed in it for that
-thread: with the codec on a thread beside the steps (engine/codec_thread.py), two arenas each held their
-own high-water mark, 0.3 GB more at the server's peak and 32-72 MB a further sentence in flight against
-21 with one arena (docs/speed.md, "The codec beside the steps"). `cap_malloc_arenas` asks glibc for one
-arena before the threads start, unless MALLOC_ARENA_MAX already says otherwise.
-
 Every step of a frame streams hundreds of megabytes of weights from memory, page after page: on 4 KB
 pages that is a miss in the address-translation cache every 4 KB. Linux can hold the same memory on
 2 MB pages (transparent huge pages), but where it is set to `madvise`, the default of many
@@ -47,18 +41,6 @@ def _libc() -> ctypes.CDLL | None:
 
 def _malloc_trim() -> Callable[[int], int] | None:
     return getattr(_libc(), "malloc_trim", None)
-
-
-M_ARENA_MAX = -8  # mallopt's parameter number for the arena count (glibc malloc.h)
-
-
-def cap_malloc_arenas(arenas: int = 1) -> bool:
-    """Let glibc's malloc keep at most `arenas` arenas (threads share them); True if it took the setting.
-    Left alone where MALLOC_ARENA_MAX is set or the C library has no mallopt (musl, macOS)."""
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 def resident_bytes() -> int | None:
