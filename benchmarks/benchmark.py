@@ -424,7 +424,8 @@ def measure_concurrency(
     taken in turn `rounds` times (so a slow minute of a shared host falls on every level alike).
 
     Per level and round: each client's first audio and real-time factor, the audio seconds produced per
-    second by all of them together, and the server's resident memory during the level.
+    second by all of them together, and the server's resident memory when the level starts (idle, its
+    freed memory released) and at its peak.
     """
     import asyncio
     import threading
@@ -446,15 +447,21 @@ def measure_concurrency(
     async def first_request() -> None:  # the first after start is not measured
         await _speak_once(await _connect_when_up(port, server))
 
+    from wyoming_qwen3tts.worker import IDLE_RELEASE_SECONDS
+
     results = []
     try:
         asyncio.run(first_request())
         for round_index, level in ((r, level) for r in range(rounds) for level in levels):
-            peak = [resident_gb()]
+            # Each level from the idle server's memory (its idle release has run): its peak is then what
+            # the level needs, not what glibc kept of the level before it.
+            time.sleep(IDLE_RELEASE_SECONDS + 1.0)
+            start_gb = resident_gb()
+            peak = [start_gb]
             stop = threading.Event()
 
             def sample(peak: list[float] = peak, stop: threading.Event = stop) -> None:
-                while not stop.wait(0.2):
+                while not stop.wait(0.1):
                     peak.append(resident_gb())
 
             sampler = threading.Thread(target=sample)
@@ -481,6 +488,7 @@ def measure_concurrency(
                     ],
                     "audio_s_per_s": round(sum(audio) / wall, 3),
                     "peak_rss_gb": round(max(peak), 3),
+                    "idle_rss_gb": round(start_gb, 3),
                 }
             )
     finally:
@@ -507,6 +515,25 @@ def median_rounds(results: list[dict]) -> list[dict]:
     return medians
 
 
+def memory_per_utterance(results: list[dict]) -> float | None:
+    """MB a further sentence in flight adds to the server's peak: per round, what the most clients took
+    above the idle server against what one took, over the clients added; the median of the rounds. None
+    without both levels (or from a run before levels started idle, which has no idle_rss_gb)."""
+
+    def grew(r: dict) -> float:
+        return r["peak_rss_gb"] - r["idle_rss_gb"]
+
+    most = max(r["clients"] for r in results)
+    per_round = []
+    for round_index in sorted({r.get("round", 1) for r in results}):
+        level = {r["clients"]: r for r in results if r.get("round", 1) == round_index}
+        if most > 1 and 1 in level and most in level and "idle_rss_gb" in level[1]:
+            per_round.append((grew(level[most]) - grew(level[1])) / (most - 1) * 1024)
+    if not per_round:
+        return None
+    return sorted(per_round)[(len(per_round) - 1) // 2]
+
+
 def concurrency_table(results: list[dict]) -> str:
     """The median round of each level (median_rounds), its gain over one client's median round."""
     raw, results = results, median_rounds(results)
@@ -528,11 +555,7 @@ def concurrency_table(results: list[dict]) -> str:
                 f"| {mode} | {r['clients']} | {firsts} | {rtfs} | {r['audio_s_per_s']:.2f} | {gain} "
                 f"| {r['peak_rss_gb']:.2f} |{each}"
             )
-        # Memory from the first round: later rounds start from what the largest level left resident.
-        first = {r["clients"]: r for r in raw if r["mode"] == mode and r.get("round", 1) == 1}
-        most = first[max(first)]
-        if 1 in first and most["clients"] > 1:
-            per_utterance = (most["peak_rss_gb"] - first[1]["peak_rss_gb"]) / (most["clients"] - 1) * 1024
+        if (per_utterance := memory_per_utterance([r for r in raw if r["mode"] == mode])) is not None:
             notes.append(f"{mode}: memory per further concurrent utterance {per_utterance:.0f} MB")
     return "\n".join(lines + ([""] + notes if notes else []))
 

@@ -15,6 +15,7 @@ def _level(clients: int, round_index: int, audio_s_per_s: float) -> dict:
         "rtf": [1.0] * clients,
         "audio_s_per_s": audio_s_per_s,
         "peak_rss_gb": 2.0 + clients / 100,
+        "idle_rss_gb": 1.9,
     }
 
 
@@ -29,14 +30,29 @@ def test_each_level_is_reported_by_its_median_round_and_the_gain_by_the_medians(
     table = concurrency_table(rounds)
     assert "| batched | 2 |" in table and "| 1.30 | 1.62x |" in table  # 1.30 / 0.80, not 1.40 / 0.60
     assert "1.40, 1.30, 1.20 |" in table
-    assert "memory per further concurrent utterance 10 MB" in table  # from the first round alone
+    assert "memory per further concurrent utterance 10 MB" in table  # (2.02 - 2.01) GB, 1 client more
 
 
-def test_memory_per_further_utterance_comes_from_the_first_round():
-    """Later rounds start with what the largest level left resident: their one-client peak is no baseline."""
-    rounds = [_level(1, 1, 0.8), _level(4, 1, 1.7), _level(1, 2, 0.8), _level(4, 2, 1.7)]
-    rounds[2]["peak_rss_gb"] = rounds[3]["peak_rss_gb"] = 2.5
-    assert "memory per further concurrent utterance 10 MB" in concurrency_table(rounds)  # 30 MB / 3
+def test_memory_per_further_utterance_is_the_median_round_of_growth_above_the_idle_server():
+    """Each level starts from the idle server (its release ran), at a resident size of its own: a round's
+    figure is what four clients took above it against what one took; one odd round does not decide."""
+    rounds = [_level(1, r, 0.8) for r in (1, 2, 3)]
+    rounds += [_level(4, r, 1.7) for r in (1, 2, 3)]
+    for one in rounds[:3]:
+        one["idle_rss_gb"], one["peak_rss_gb"] = 2.0, 2.1  # one client: +100 MB (102.4)
+    fours = rounds[3:]
+    fours[0]["idle_rss_gb"], fours[0]["peak_rss_gb"] = 2.0, 2.16  # +60 MB over one: 20 a further
+    fours[1]["idle_rss_gb"], fours[1]["peak_rss_gb"] = 2.3, 2.49  # started higher; +90 MB: 30
+    fours[2]["idle_rss_gb"], fours[2]["peak_rss_gb"] = 2.0, 2.4  # +300 MB: 100
+    table = concurrency_table(rounds)
+    assert "memory per further concurrent utterance 31 MB" in table  # the median: 0.09 GB x 1024 / 3
+
+
+def test_memory_per_further_utterance_needs_the_idle_baseline():
+    rounds = [_level(1, 1, 0.8), _level(4, 1, 1.7)]
+    for r in rounds:
+        del r["idle_rss_gb"]
+    assert "memory per further" not in concurrency_table(rounds)
 
 
 def test_one_round_keeps_the_table_as_it_was():
