@@ -432,6 +432,8 @@ def measure_concurrency(
 
     from wyoming.client import AsyncTcpClient
 
+    from wyoming_qwen3tts.worker import IDLE_RELEASE_SECONDS
+
     port = free_port()
     command = server_command(model_dir, port, frames, threads, (*MODES[mode], *backend))
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -446,8 +448,6 @@ def measure_concurrency(
 
     async def first_request() -> None:  # the first after start is not measured
         await _speak_once(await _connect_when_up(port, server))
-
-    from wyoming_qwen3tts.worker import IDLE_RELEASE_SECONDS
 
     results = []
     try:
@@ -529,9 +529,7 @@ def memory_per_utterance(results: list[dict]) -> float | None:
         level = {r["clients"]: r for r in results if r.get("round", 1) == round_index}
         if most > 1 and 1 in level and most in level and "idle_rss_gb" in level[1]:
             per_round.append((grew(level[most]) - grew(level[1])) / (most - 1) * 1024)
-    if not per_round:
-        return None
-    return sorted(per_round)[(len(per_round) - 1) // 2]
+    return lower_median(per_round, key=float) if per_round else None
 
 
 def concurrency_table(results: list[dict]) -> str:
