@@ -1,6 +1,9 @@
-"""Entry point: flags -> Settings -> engine -> speech service -> the front ends asked for (Wyoming, HTTP).
+"""Entry point: flags -> Settings -> malloc -> engine -> speech service -> the front ends asked for
+(Wyoming, HTTP).
 
 A start-up problem (a bad flag, a taken port, a missing model) ends the process with one line naming the fix.
+Nothing imports torch before the allocator is settled (allocator.py may start the process again on
+tcmalloc): the engine, the service and the front ends are imported where they are first needed.
 """
 
 from __future__ import annotations
@@ -8,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from .engine import Engine
+from .allocator import AllocatorError, conflict, describe_allocator, restart_with_tcmalloc
 from .engine.model_files import ModelError
 from .engine.registry import create_engine
 from .languages import to_model_language
 from .requests import EngineError
-from .service import SpeechOptions, SpeechService
 from .settings import Settings, SettingsError, parse_settings
 from .worker import InferenceWorker
-from .wyoming.server import check_wyoming_address, serve_wyoming
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .service import SpeechOptions, SpeechService
 
 _LOGGER = logging.getLogger("wyoming_qwen3tts")
 
@@ -32,6 +38,8 @@ def warm_up(engine: Engine, service: SpeechService, rows: int) -> None:
 
 def speech_options(settings: Settings, engine: Engine) -> SpeechOptions:
     """The service's options, with --voice and --language checked against the loaded model."""
+    from .service import SpeechOptions
+
     speech = settings.speech
     names = [voice.name for voice in engine.voices()]
     if speech.voice is not None and speech.voice.lower() not in {n.lower() for n in names}:
@@ -56,6 +64,9 @@ def speech_options(settings: Settings, engine: Engine) -> SpeechOptions:
 
 async def serve(settings: Settings) -> None:
     """Load the engine, then serve Wyoming clients (and the HTTP API if asked) until cancelled."""
+    from .service import SpeechService  # these import torch
+    from .wyoming.server import check_wyoming_address, serve_wyoming
+
     worker = InferenceWorker(max_batch=max(1, settings.speech.max_batch))
     http = None
     watching = None
@@ -89,10 +100,14 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server; return the process exit code."""
+    """Run the server; return the process exit code. Run from its own command line (argv None), it may
+    first start itself again on tcmalloc (allocator.py)."""
     try:
         settings = parse_settings(argv)
-    except SettingsError as err:
+        malloc_conflict = conflict(settings.backend, settings.torch.predictor)
+        if argv is None:
+            restart_with_tcmalloc(settings.engine.allocator, malloc_conflict)
+    except (SettingsError, AllocatorError) as err:
         print(f"wyoming-qwen3tts: error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -101,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.log.debug:
         for noisy in ("transformers", "urllib3", "numba", "httpx", "filelock", "uvicorn.error"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    _LOGGER.info("Memory allocator: %s", describe_allocator(settings.engine.allocator, malloc_conflict))
     try:
         asyncio.run(serve(settings))
     except (SettingsError, ModelError, EngineError) as err:

@@ -5,7 +5,8 @@ resident size of the server stays at its high-water mark: measured on the 0.6B i
 of freed memory after a sentence (most after the first, whose codec pass prepares oneDNN's
 convolutions), on a mini PC that shares its RAM with everything else. `malloc_trim(0)` returns those
 pages in 11-16 ms; the inference worker (worker.py) calls it once it has been idle for a while, never
-between the frames of a sentence. Where the C library has no malloc_trim (musl, macOS) nothing happens.
+between the frames of a sentence. On tcmalloc (allocator.py) its own call does the same (its free
+pages go back to the system); where the C library has no malloc_trim (musl, macOS) nothing happens.
 
 Every step of a frame streams hundreds of megabytes of weights from memory, page after page: on 4 KB
 pages that is a miss in the address-translation cache every 4 KB. Linux can hold the same memory on
@@ -39,8 +40,15 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    return getattr(_libc(), "malloc_trim", None)
+def _release() -> Callable[[], object] | None:
+    """The call that gives the heap's free pages back: tcmalloc's where it is this process's malloc (its
+    functions are then in the process), else the C library's malloc_trim."""
+    tcmalloc = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)
+    if tcmalloc is not None:
+        tcmalloc.restype = None
+        return tcmalloc
+    trim = getattr(_libc(), "malloc_trim", None)
+    return None if trim is None else lambda: trim(0)
 
 
 def resident_bytes() -> int | None:
@@ -56,11 +64,11 @@ def resident_bytes() -> int | None:
 def release_free_memory() -> int | None:
     """Give the C heap's free pages back to the system; return the resident bytes that went (None where
     this C library cannot)."""
-    trim = _malloc_trim()
-    if trim is None:
+    release = _release()
+    if release is None:
         return None
     before = resident_bytes()
-    trim(0)
+    release()
     after = resident_bytes()
     released = None if before is None or after is None else max(0, before - after)
     if released is not None:

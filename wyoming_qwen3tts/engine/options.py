@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..allocator import ALLOCATORS
 from ..flags import Flag, FlagGroup, boolean, choice, optional_path, positive_int, seconds
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
@@ -32,6 +33,7 @@ class EngineOptions:
     voices_dir: Path | None = None
     voices_reload_interval: float = 5.0  # seconds between looks at --voices-dir; 0: never
     huge_pages: bool = True  # once loaded, the model's memory is moved onto 2 MB pages (memory.py)
+    allocator: str = "auto"  # the process's malloc: tcmalloc where the system has it (allocator.py)
 
 
 ENGINE_FLAGS = FlagGroup(
@@ -103,6 +105,14 @@ ENGINE_FLAGS = FlagGroup(
             "weights faster",
             boolean,
             action=argparse.BooleanOptionalAction,
+        ),
+        Flag(
+            "allocator",
+            ("QWEN3TTS_ALLOCATOR",),
+            "the process's malloc: auto = tcmalloc where the system has it (libtcmalloc-minimal4: faster, "
+            "less memory), else the C library's; tcmalloc = that or exit; system = the C library's",
+            choice(ALLOCATORS),
+            choices=ALLOCATORS,
         ),
     ),
 )
