@@ -809,6 +809,21 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def malloc_environment(backend: str = "pytorch", predictor: str = "pytorch") -> dict[str, str]:
+    """The environment a measured child process runs in: on the malloc a server of this backend and
+    predictor would choose for itself (wyoming_qwen3tts/allocator.py, QWEN3TTS_ALLOCATOR), so an
+    engine row and a server row compare."""
+    from wyoming_qwen3tts.allocator import conflict, restart_environment
+
+    choice = os.environ.get("QWEN3TTS_ALLOCATOR", "auto").lower()
+    return restart_environment(choice, os.environ, conflict(backend, predictor)) or dict(os.environ)
+
+
+def malloc_name(env: dict[str, str]) -> str:
+    """Which malloc the rows run on, for the header line."""
+    return "tcmalloc" if "tcmalloc" in env.get("LD_PRELOAD", "") else "the C library's malloc"
+
+
 def _run_child(name: str, command: list[str], env: dict[str, str]) -> dict | None:
     """One setting measured in its own process: its result, or None (said on stderr) if it failed."""
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -872,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     backend: list[str] = []
+    server_malloc = malloc_name(malloc_environment(args.server_backend.split("-")[0]))
     if args.server_backend.startswith("openvino-") and (args.concurrency or args.answer):
         export = ensure_export(ensure_model(args.model), args.server_backend.split("-", 1)[1])
         backend = ["--backend", "openvino", "--ov-model-dir", str(export)]
@@ -881,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         levels = [int(n) for n in args.concurrency.split(",") if n.strip()]
         print(
             f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; {args.frames} frames per client; "
-            f"{args.server_backend}"
+            f"{args.server_backend}; {server_malloc}"
         )
         concurrent = [
             row
@@ -899,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = ensure_model(args.model)
         print(
             f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; a {len(ANSWER)}-sentence answer, "
-            f"{args.frames} frames a sentence"
+            f"{args.frames} frames a sentence; {server_malloc}"
         )
         answers = [
             measure_answer(model_dir, args.frames, args.threads, mode, backend)
@@ -918,7 +934,8 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = ensure_model(args.model)
     print(
         f"CPU: {cpu_name()}; {cpu_isa()}; {args.threads} threads; "
-        f"{args.frames} frames ({args.frames * FRAME_SECONDS:.2f} s)"
+        f"{args.frames} frames ({args.frames * FRAME_SECONDS:.2f} s); "
+        f"{malloc_name(malloc_environment())} (OpenVINO rows: the C library's malloc)"
     )
     for weights in sorted({SETTINGS[n].weights for n in names} - {""}):
         ensure_export(model_dir, weights)
@@ -938,7 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as compile_cache:
             # A compiled row starts with an empty compile cache (its load s is a first start), then
             # starts again on what the first start left there (every later start of a server).
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": compile_cache}
+            row_malloc = malloc_environment(SETTINGS[name].backend, SETTINGS[name].predictor)
+            env = {**row_malloc, "TORCHINDUCTOR_CACHE_DIR": compile_cache}
             result = _run_child(name, child, env)
             if result is None:
                 continue
