@@ -34,6 +34,8 @@ def test_the_rows_run_on_the_malloc_the_server_would_choose(monkeypatch):
     monkeypatch.delenv("QWEN3TTS_ALLOCATOR", raising=False)
     assert malloc_environment()["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"
     assert malloc_name(malloc_environment()) == "tcmalloc"
+    for name in ("openvino-int8", "engine-int8-ov-predictor"):  # OpenVINO would abort on it
+        assert "LD_PRELOAD" not in malloc_environment(SETTINGS[name].backend, SETTINGS[name].predictor)
     monkeypatch.setenv("QWEN3TTS_ALLOCATOR", "system")
     assert "LD_PRELOAD" not in malloc_environment()
     assert malloc_name(malloc_environment()) == "the C library's malloc"
