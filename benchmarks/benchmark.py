@@ -640,8 +640,9 @@ def floors_line(name: str, profile: dict[str, float], floor: dict) -> str:
         if part in profile and ms > 0
     )
     return (
-        f"{name}, measured / floor: {parts} (read bandwidth {floor['read_bandwidth_gbs']} GB/s; talker "
-        f"{floor['talker_mb']} MB and predictor {floor['predictor_mb']} MB read a frame; codec "
+        f"{name}, measured / floor: {parts} (read bandwidth {floor['read_bandwidth_gbs']} GB/s, "
+        f"{floor['cached_read_gbs']} GB/s for the predictor's {floor['predictor_step_mb']} MB a step read "
+        f"again; talker {floor['talker_mb']} MB and predictor {floor['predictor_mb']} MB read a frame; codec "
         f"{floor['codec_gflop']} GFLOP a frame against a {floor['codec_dtype']} matmul peak of "
         f"{floor['matmul_peak_gflops']} GFLOP/s)"
     )

@@ -15,8 +15,9 @@ from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-def weights_per_frame(config: dict) -> tuple[int, int]:
-    """Weights the talker reads a step and the code predictor a frame, from config.json's dimensions."""
+def weights_per_frame(config: dict) -> tuple[int, int, int]:
+    """Weights the talker reads a step, the code predictor a frame and the predictor's layers a step, from
+    config.json's dimensions."""
 
     def layer(c: dict) -> int:
         h, hd, q, kv, i = (
@@ -42,9 +43,10 @@ def weights_per_frame(config: dict) -> tuple[int, int]:
     talker_weights = (
         talker["num_hidden_layers"] * layer(talker) + talker["hidden_size"] * talker["vocab_size"]
     )
-    predictor_weights = groups * (predictor["num_hidden_layers"] * layer(predictor) + projection)
+    step_weights = predictor["num_hidden_layers"] * layer(predictor) + projection
+    predictor_weights = groups * step_weights
     predictor_weights += groups * predictor["hidden_size"] * predictor["vocab_size"]  # one head a step
-    return talker_weights, predictor_weights
+    return talker_weights, predictor_weights, step_weights
 
 
 @pytest.mark.parametrize(("quantize", "bytes_per_weight"), [("none", 4), ("int8", 1)])
@@ -53,12 +55,14 @@ def test_bytes_a_frame_reads_follow_the_model_dimensions(tiny_models, quantize, 
     engine = PyTorchEngine(
         model_dir, EngineOptions(warmup=False), TorchOptions(dtype="float32", quantize=quantize)
     )
-    talker, predictor = weights_per_frame(json.loads((model_dir / "config.json").read_text()))
+    talker, predictor, step = weights_per_frame(json.loads((model_dir / "config.json").read_text()))
     read = part_bytes(engine.parts.steps)
     # int8 layers also read a float32 scale per output row and two zero columns (the per-row scale trick)
     slack = 0 if quantize == "none" else 0.2
     assert bytes_per_weight * talker <= read["talker"] <= bytes_per_weight * talker * (1 + slack)
     assert bytes_per_weight * predictor <= read["predictor"] <= bytes_per_weight * predictor * (1 + slack)
+    assert bytes_per_weight * step <= read["predictor_step"] <= bytes_per_weight * step * (1 + slack)
+    assert read["predictor_groups"] == 15
 
 
 def test_floors_of_every_part(tiny_models):
@@ -74,6 +78,48 @@ def test_floors_of_every_part(tiny_models):
     assert all(ms > 0 for ms in floor["ms"].values())
 
 
+def test_the_predictor_floor_reads_its_layers_again_from_a_cache(tiny_models, monkeypatch):
+    """All but the first of a frame's predictor steps read layers the step before read: where a buffer of
+    their size reads faster than memory (a large L3), those reads are held to that speed, the rest (the
+    first step, the heads) to the memory's."""
+    import benchmarks.floors as floors_module
+
+    engine = PyTorchEngine(
+        tiny_models["custom_voice"],
+        EngineOptions(warmup=False),
+        TorchOptions(dtype="float32", quantize="none"),
+    )
+    read = part_bytes(engine.parts.steps)
+    memory, cache = 10.0, 40.0  # GB/s
+    monkeypatch.setattr(
+        floors_module,
+        "read_bandwidth_gbs",
+        lambda size=floors_module.BANDWIDTH_BYTES: memory if size >= floors_module.BANDWIDTH_BYTES else cache,
+    )
+    monkeypatch.setattr(floors_module, "matmul_gflops", lambda dtype: 100.0)
+    floor = floors(engine)
+    again = 14 * read["predictor_step"]
+    expected_ms = ((read["predictor"] - again) / memory + again / cache) / 1e6
+    assert floor["ms"]["code predictor (15 steps)"] == pytest.approx(expected_ms)
+    assert floor["ms"]["talker step"] == pytest.approx(read["talker"] / memory / 1e6)
+    assert (floor["read_bandwidth_gbs"], floor["cached_read_gbs"]) == (memory, cache)
+    # A cache slower than memory (a buffer too small to time) never lowers the floor below memory's.
+    monkeypatch.setattr(
+        floors_module,
+        "read_bandwidth_gbs",
+        lambda size=floors_module.BANDWIDTH_BYTES: memory if size >= floors_module.BANDWIDTH_BYTES else 1.0,
+    )
+    floor = floors(engine)
+    assert floor["ms"]["code predictor (15 steps)"] == pytest.approx(read["predictor"] / memory / 1e6)
+
+
+def test_a_small_buffer_is_read_again_and_again():
+    """read_bandwidth_gbs of a buffer below a cache's size: its reads are repeated, and give a rate."""
+    from benchmarks.floors import read_bandwidth_gbs
+
+    assert read_bandwidth_gbs(4 << 20, repeats=1) > 0
+
+
 def test_an_openvino_predictor_reads_its_export_files_a_frame(tiny_models, tmp_path):
     """--predictor openvino-*: the talker's bytes as PyTorch's, the predictor's off the export's files
     (the step graph fifteen times, each head once), so the benchmark gives that row its floors too."""
@@ -87,6 +133,7 @@ def test_an_openvino_predictor_reads_its_export_files_a_frame(tiny_models, tmp_p
     assert read["talker"] == expected["talker"]
     # fp32 graphs hold the same float32 weights as the PyTorch layers, plus small constants (norms, RoPE)
     assert expected["predictor"] <= read["predictor"] <= 1.1 * expected["predictor"]
+    assert expected["predictor_step"] <= read["predictor_step"] <= 1.1 * expected["predictor_step"]
     floor = floors(split)
     assert floor is not None and floor["ms"]["code predictor (15 steps)"] > 0
 
