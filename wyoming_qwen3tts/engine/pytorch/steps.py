@@ -345,7 +345,13 @@ def _rotary_table(rotary: Any, positions: int, dtype: torch.dtype, rows: int | N
     cos/sin kernels round the last bit differently, and which elements each one
     computes depends on how the work is split across threads (on a busy machine,
     differently from run to run).
+
+    The first cos a process computes can come out wrong in the rows one of torch's threads computed (by
+    up to 1.5e-4: the math library setting itself up on one thread while the other already computes; an
+    AMX Xeon, in about one start in five). So every thread takes a cos and a sin first, and the table is
+    computed after.
     """
+    _first_transcendentals()
     pos = torch.arange(positions)
     probe = torch.empty(0, dtype=dtype)
     if rows:
@@ -355,6 +361,14 @@ def _rotary_table(rotary: Any, positions: int, dtype: torch.dtype, rows: int | N
         return cos[0, 0], sin[0, 0]
     cos, sin = rotary(probe, pos.view(1, -1))
     return cos[0], sin[0]
+
+
+def _first_transcendentals() -> None:
+    """A cos and a sin on every torch thread (a tensor large enough to be split among them all), results
+    dropped: what the math library sets up on its first call is done before a table is computed."""
+    values = torch.linspace(0, 8192, (1 << 16) * max(1, torch.get_num_threads()))
+    values.cos()
+    values.sin()
 
 
 def _same_table(a: torch.Tensor, b: torch.Tensor) -> bool:
