@@ -21,7 +21,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 ALLOCATORS = ("auto", "tcmalloc", "system")
 # gperftools' libraries by their link names: the minimal one (no heap profiler) first.
@@ -36,9 +36,18 @@ class AllocatorError(RuntimeError):
     """The allocator asked for cannot be used; the message says how to get it."""
 
 
+def tcmalloc_release() -> Callable[[], None] | None:
+    """tcmalloc's call that gives its free pages back to the system, where tcmalloc is this process's
+    malloc (its extension functions are then in the process); else None."""
+    release = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)
+    if release is not None:
+        release.restype = None
+    return release
+
+
 def tcmalloc_loaded() -> bool:
-    """Whether this process's malloc is tcmalloc (its extension functions are then in the process)."""
-    return hasattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory")
+    """Whether this process's malloc is tcmalloc."""
+    return tcmalloc_release() is not None
 
 
 def find_tcmalloc() -> str | None:

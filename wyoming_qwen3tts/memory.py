@@ -29,6 +29,8 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+from .allocator import tcmalloc_release
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -43,9 +45,8 @@ def _libc() -> ctypes.CDLL | None:
 def _release() -> Callable[[], object] | None:
     """The call that gives the heap's free pages back: tcmalloc's where it is this process's malloc (its
     functions are then in the process), else the C library's malloc_trim."""
-    tcmalloc = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)
+    tcmalloc = tcmalloc_release()
     if tcmalloc is not None:
-        tcmalloc.restype = None
         return tcmalloc
     trim = getattr(_libc(), "malloc_trim", None)
     return None if trim is None else lambda: trim(0)
