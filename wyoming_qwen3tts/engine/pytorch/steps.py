@@ -347,9 +347,9 @@ def _rotary_table(rotary: Any, positions: int, dtype: torch.dtype, rows: int | N
     differently from run to run).
 
     The first cos a process computes can come out wrong in the rows one of torch's threads computed (by
-    up to 1.5e-4: the math library setting itself up on one thread while the other already computes; an
-    AMX Xeon, in about one start in five). So every thread takes a cos and a sin first, and the table is
-    computed after.
+    up to 1.5e-4, on an AMX Xeon in 1 to 5 starts in 10 by the hour), while a second cos of the same
+    angles is exact: something the first call sets up. So every thread takes a cos and a sin first, and
+    the table is computed after.
     """
     _first_transcendentals()
     pos = torch.arange(positions)
@@ -357,7 +357,10 @@ def _rotary_table(rotary: Any, positions: int, dtype: torch.dtype, rows: int | N
     if rows:
         cos, sin = rotary(probe, pos.view(1, 1, -1).expand(rows, 1, -1))
         if not (_same_table(cos[0], cos[-1]) and _same_table(sin[0], sin[-1])):
-            raise RuntimeError("multimodal RoPE sections differ for equal positions")
+            raise RuntimeError(
+                "multimodal RoPE sections differ for equal positions: the talker's rotary table failed its "
+                "start-up check; start again, and report it with your CPU's flags if it repeats"
+            )
         return cos[0, 0], sin[0, 0]
     cos, sin = rotary(probe, pos.view(1, -1))
     return cos[0], sin[0]
