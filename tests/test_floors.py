@@ -113,13 +113,6 @@ def test_the_predictor_floor_reads_its_layers_again_from_a_cache(tiny_models, mo
     assert floor["ms"]["code predictor (15 steps)"] == pytest.approx(read["predictor"] / memory / 1e6)
 
 
-def test_a_small_buffer_is_read_again_and_again():
-    """read_bandwidth_gbs of a buffer below a cache's size: its reads are repeated, and give a rate."""
-    from benchmarks.floors import read_bandwidth_gbs
-
-    assert read_bandwidth_gbs(4 << 20, repeats=1) > 0
-
-
 def test_an_openvino_predictor_reads_its_export_files_a_frame(tiny_models, tmp_path):
     """--predictor openvino-*: the talker's bytes as PyTorch's, the predictor's off the export's files
     (the step graph fifteen times, each head once), so the benchmark gives that row its floors too."""
