@@ -99,9 +99,9 @@ print(max((cos.double() - angles.cos()).abs().max().item(), (sin.double() - angl
 
 def test_the_first_table_of_a_process_is_exact(tiny_models):
     """The table built as a new process's first cos and sin, on two threads (as a server starts): on an
-    AMX Xeon the first cos of a process came out up to 1.5e-4 off in the rows of one thread, in 1 to 5
-    starts in 10 by the hour, until every thread took a cos and a sin first. Within float32 rounding of
-    the exact values, in several new processes."""
+    AMX Xeon the first cos of a process came out up to 1.5e-4 off in the rows of one thread, in 5 of 22
+    benchmark rows one hour and 1 start of 20 the next, until every thread took a cos and a sin first.
+    Within float32 rounding of the exact values, in several new processes."""
     import subprocess
     import sys
 

@@ -347,9 +347,9 @@ def _rotary_table(rotary: Any, positions: int, dtype: torch.dtype, rows: int | N
     differently from run to run).
 
     The first cos a process computes can come out wrong in the rows one of torch's threads computed (by
-    up to 1.5e-4, on an AMX Xeon in 1 to 5 starts in 10 by the hour), while a second cos of the same
-    angles is exact: something the first call sets up. So every thread takes a cos and a sin first, and
-    the table is computed after.
+    up to 1.5e-4, on an AMX Xeon: 5 of 22 benchmark rows one hour, 1 start of 20 the next), while a
+    second cos of the same angles is exact: something the first call sets up. So every thread takes a
+    cos and a sin first, and the table is computed after.
     """
     _first_transcendentals()
     pos = torch.arange(positions)
