@@ -12,7 +12,6 @@ measured here in the dtype it runs in.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,16 +81,11 @@ def _stack_bytes(stack: Any) -> int:
     )
 
 
-def exported_predictor_bytes(export_dir: Path, groups: int) -> int:
-    """An OpenVINO predictor's weights a frame, read off its files: the step graph's `groups` times, each
-    head once (the .bin files hold the weights as the graphs read them, int4 with its scales)."""
-    heads = sum(path.stat().st_size for path in export_dir.glob("predictor_head_*.bin"))
-    return groups * (export_dir / "predictor.bin").stat().st_size + heads
-
-
 def part_bytes(steps: Any) -> dict[str, int]:
-    """Bytes a frame reads of the talker (one step) and of the code predictor (its steps of a frame):
-    PyTorch steps, or PyTorch's talker beside an OpenVINO predictor (engine/split_steps.py)."""
+    """Bytes a frame reads of the talker (one step) and of the code predictor (its steps of a frame, each
+    head once): PyTorch steps, or PyTorch's talker beside an OpenVINO predictor (engine/split_steps.py),
+    whose weights are read off its export's .bin files (they hold them as the graphs read them, int4 with
+    its scales)."""
     talker = getattr(steps, "talker_steps", steps)
     predictor = getattr(steps, "code_predictor", steps)
     groups = steps.layout.num_groups - 1
@@ -100,13 +94,13 @@ def part_bytes(steps: Any) -> dict[str, int]:
         projection = predictor.to_predictor
         per_step = _stack_bytes(predictor.predictor_stack)
         per_step += 0 if isinstance(projection, nn.Identity) else linear_bytes(projection)
-        predictor_read = groups * per_step + heads
     else:
-        per_step = (predictor.export_dir / "predictor.bin").stat().st_size
-        predictor_read = exported_predictor_bytes(predictor.export_dir, groups)
+        export_dir = predictor.export_dir
+        heads = sum(path.stat().st_size for path in export_dir.glob("predictor_head_*.bin"))
+        per_step = (export_dir / "predictor.bin").stat().st_size
     return {
         "talker": _stack_bytes(talker.talker_stack) + linear_bytes(talker.codec_head),
-        "predictor": predictor_read,
+        "predictor": groups * per_step + heads,
         "predictor_step": per_step,  # the layers every step of a frame reads again (not the heads)
         "predictor_groups": groups,
     }
