@@ -98,25 +98,41 @@ def test_polyphase_is_the_plain_polyphase(kernel, stride, length):
     assert close(kernels.polyphase(x, *weights), _run_polyphase(x, *weights))
 
 
+def _decoded_in_chunks(graph: CodecGraph, codes: torch.Tensor) -> torch.Tensor:
+    state, pieces, start = graph.zero_state(), [], 0
+    for size in CHUNKS:
+        frames = torch.tensor(start)
+        wav, *state = graph(codes[..., start : start + size], frames, *state)
+        pieces.append(wav)
+        start += size
+    return torch.cat(pieces)
+
+
 @torch.inference_mode()
-def test_graph_with_cpu_kernels_equals_the_plain_graph():
+@pytest.mark.parametrize("options", [{"cpu_kernels": True}, {"pointwise_products": True}])
+def test_graph_with_cpu_kernels_equals_the_plain_graph(options):
     decoder = random_decoder()
     codes = random_codes(FRAMES)
-    graphs = [CodecGraph(decoder), CodecGraph(decoder, cpu_kernels=True)]
-    wavs = []
-    for graph in graphs:
-        state, pieces, start = graph.zero_state(), [], 0
-        for size in CHUNKS:
-            frames = torch.tensor(start)
-            wav, *state = graph(codes[..., start : start + size], frames, *state)
-            pieces.append(wav)
-            start += size
-        wavs.append(torch.cat(pieces))
-    plain, fast = wavs
+    plain = _decoded_in_chunks(CodecGraph(decoder), codes)
+    fast = _decoded_in_chunks(CodecGraph(decoder, **options), codes)
     assert plain.std() > 0.05
     assert (fast - plain).abs().max() < 1e-5
 
 
-def test_torch_codec_uses_the_kernels_in_float32_only():
+def test_torch_codec_uses_the_kernels_in_float32_and_the_pointwise_products_always():
     assert TorchCodec(random_decoder()).graph._kernels
-    assert not TorchCodec(random_decoder().to(torch.bfloat16)).graph._kernels
+    graph = TorchCodec(random_decoder().to(torch.bfloat16)).graph
+    assert not graph._kernels
+    kernel_sizes = {gemm.kernel for gemm in graph._gemms.values()}
+    assert kernel_sizes == {1}, "in bfloat16 only the 1x1 convs run as matrix products"
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("kernel", [3, 6])
+def test_polyphase_gives_samples_channels_first(rows, kernel):
+    """Its output in the layout of the convs' (a time-major view made every later op slower)."""
+    weights = _polyphase_weights(nn.ConvTranspose1d(16, 8, kernel, stride=3))
+    x = torch.randn(rows, 16, 5 + (1 if kernel == 6 else 0))
+    for out in (kernels.polyphase(x, *weights), _run_polyphase(x, *weights)):
+        assert out.shape == (rows, 8, 15)
+        assert out.is_contiguous()

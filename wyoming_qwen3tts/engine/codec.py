@@ -15,10 +15,10 @@ runs the same graph converted to IR. `StreamingDecoder` only holds a step and th
 is a snapshot of immutable tensors, so a voice-clone reference prompt can be decoded once and its state
 restored at the start of every request that uses it, and concurrent streams share one step.
 
-For the CPU, SnakeBeta runs in place on its own temporaries and the transposed convs as one matrix product
-each (same values up to rounding); in float32 TorchCodec also runs the layers of engine/codec_kernels.py
-(1x1, wide and output convs as MKL matrix products, SnakeBeta written straight into the next conv's padded
-input). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay
+For the CPU, SnakeBeta runs in place on its own temporaries, the transposed convs as one matrix product
+each (their output copied into the channels-first layout) and the 1x1 convs as matrix products (same
+values up to rounding); in float32 TorchCodec also runs the other layers of engine/codec_kernels.py (wide
+and output convs as MKL matrix products, SnakeBeta written straight into the next conv's padded input). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay
 for reading all weights (~450 MB in float32) once per call, so 4-8 frames a chunk cost about half as much
 per frame as 1. Keep the codec in float32 on CPUs without native bfloat16 (AVX2): there bf16 convs take
 reference kernels, ~40x slower.
@@ -136,7 +136,7 @@ class TorchCodec(CodecStep):
     def __init__(self, codec_decoder: Any) -> None:
         """Wrap a Qwen3TTSTokenizerV2Decoder (`Qwen3TTSModel.model.speech_tokenizer.model.decoder`)."""
         dtype = next(codec_decoder.parameters()).dtype
-        self.graph = CodecGraph(codec_decoder, cpu_kernels=dtype == torch.float32)
+        self.graph = CodecGraph(codec_decoder, cpu_kernels=dtype == torch.float32, pointwise_products=True)
         self.num_quantizers = self.graph.num_quantizers
         self.samples_per_frame = self.graph.samples_per_frame
         self._initial = self.graph.state(0, self.graph.zero_state())
@@ -185,10 +185,12 @@ class CodecGraph(nn.Module):
 
     cpu_kernels runs the layers of engine/codec_kernels.py instead (what TorchCodec does in float32): the
     same values up to float rounding, faster in eager PyTorch on the CPU; the exported graph keeps the
-    decoder's own modules.
+    decoder's own modules. pointwise_products runs just the 1x1 convs as matrix products (what TorchCodec
+    does in bfloat16 too: oneDNN reorders a 1x1 conv's input and output on every call, which cost more than
+    the conv; the same values).
     """
 
-    def __init__(self, codec_decoder: Any, cpu_kernels: bool = False) -> None:
+    def __init__(self, codec_decoder: Any, cpu_kernels: bool = False, pointwise_products: bool = False) -> None:
         super().__init__()
         config = codec_decoder.config
         self.decoder = codec_decoder
@@ -251,11 +253,14 @@ class CodecGraph(nn.Module):
                 act for _act, _up, units in self._blocks for unit in units for act in (unit.act1, unit.act2)
             ]
             self._snakes = {act: kernels.Snake(act) for act in acts}
-            self._gemms = {
-                module: kernels.GemmConv(module.conv)
-                for module in [*convs, self._last_conv]
-                if isinstance(module.conv, nn.Conv1d) and module.conv.groups == 1 and module.stride == 1
-            }
+        self._gemms = {
+            module: kernels.GemmConv(module.conv)
+            for module in [*convs, self._last_conv]
+            if isinstance(module.conv, nn.Conv1d)
+            and module.conv.groups == 1
+            and module.stride == 1
+            and (cpu_kernels or (pointwise_products and module.conv.kernel_size[0] == 1))
+        }
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the state tensors, in forward's order."""
@@ -477,7 +482,8 @@ def _run_polyphase(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, st
         steps = torch.cat([steps[:, 1:], steps[:, :-1]], dim=2)  # [B, T, 2 * C_in]: current, previous
     rows, length = steps.shape[0], steps.shape[1]
     out = torch.addmm(bias, steps.reshape(rows * length, -1), matrix)  # [B * T, s * C_out]: (phase, channel)
-    return out.view(rows, length, stride, -1).permute(0, 3, 1, 2).reshape(rows, -1, length * stride)
+    return kernels.channels_first(out.view(rows, length, stride, -1))
+
 
 
 def _context(module: Any) -> int:

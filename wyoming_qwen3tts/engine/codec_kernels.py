@@ -1,7 +1,8 @@
 """The codec's layers as eager PyTorch runs them faster on AVX2 (float32): same values up to rounding.
 
 `CodecGraph(decoder, cpu_kernels=True)` (what `TorchCodec` uses in float32) runs these instead of the
-decoder's modules; the graph exported to OpenVINO keeps the plain modules. Measured on 2 cores of an AVX2
+decoder's modules, `pointwise_products=True` only the 1x1 convs as `GemmConv` (`TorchCodec` in bfloat16);
+the graph exported to OpenVINO keeps the plain modules. Measured on 2 cores of an AVX2
 EPYC at the real 0.6B dimensions (docs/speed.md, "Codec on AVX2"):
 
 - `GemmConv`: a causal conv as one matrix product on its already padded input, where that beats
@@ -130,13 +131,23 @@ def polyphase(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, stride:
         else:
             out = torch.addmm(bias, steps[:, 1:].reshape(-1, c_in), matrix[:c_in])
             out.addmm_(steps[:, :-1].reshape(-1, c_in), matrix[c_in:])
-        length = out.shape[0] // rows
-        return out.view(rows, length, stride, -1).permute(0, 3, 1, 2).reshape(rows, -1, length * stride)
+        return channels_first(out.view(rows, out.shape[0] // rows, stride, -1))
     steps = x[0].t()  # [T, C_in]
     c_in = steps.shape[1]
     if matrix.shape[0] == c_in:
         out = torch.addmm(bias, steps, matrix)
     else:  # kernel 2s: each step's own taps, then the previous step's
         out = torch.addmm(bias, steps[1:], matrix[:c_in]).addmm_(steps[:-1], matrix[c_in:])
-    length = out.shape[0]
-    return out.view(length, stride, -1).permute(2, 0, 1).reshape(1, -1, length * stride)
+    return channels_first(out.view(1, out.shape[0], stride, -1))
+
+
+def channels_first(blocks: torch.Tensor) -> torch.Tensor:
+    """A polyphase product's output blocks [B, T, s, C_out] as samples [B, C_out, T * s], in that layout.
+
+    A view would hold the samples time-major (channel stride 1): every op after it that meets a tensor of
+    the usual layout (the residual add, the next conv's input and its carried context) would walk one of
+    them across the grain, each slower than this one copy (the codec 3-4 % faster in bfloat16 on an AMX
+    Xeon, 9-10 % in float32 there and held to AVX2; docs/speed.md).
+    """
+    rows, length, stride = blocks.shape[:3]
+    return blocks.permute(0, 3, 1, 2).reshape(rows, -1, length * stride).contiguous()
