@@ -18,10 +18,10 @@ restored at the start of every request that uses it, and concurrent streams shar
 For the CPU, SnakeBeta runs in place on its own temporaries, the transposed convs as one matrix product
 each (their output copied into the channels-first layout) and the 1x1 convs as matrix products (same
 values up to rounding); in float32 TorchCodec also runs the other layers of engine/codec_kernels.py (wide
-and output convs as MKL matrix products, SnakeBeta written straight into the next conv's padded input). The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay
-for reading all weights (~450 MB in float32) once per call, so 4-8 frames a chunk cost about half as much
-per frame as 1. Keep the codec in float32 on CPUs without native bfloat16 (AVX2): there bf16 convs take
-reference kernels, ~40x slower.
+and output convs as MKL matrix products, SnakeBeta written straight into the next conv's padded input).
+The k=7 convs dominate, about 2.4 GMAC a frame; small chunks also pay for reading all weights (~450 MB in
+float32) once per call, so 4-8 frames a chunk cost about half as much per frame as 1. Keep the codec in
+float32 on CPUs without native bfloat16 (AVX2): there bf16 convs take reference kernels, ~40x slower.
 """
 
 from __future__ import annotations
@@ -190,7 +190,9 @@ class CodecGraph(nn.Module):
     the conv; the same values).
     """
 
-    def __init__(self, codec_decoder: Any, cpu_kernels: bool = False, pointwise_products: bool = False) -> None:
+    def __init__(
+        self, codec_decoder: Any, cpu_kernels: bool = False, pointwise_products: bool = False
+    ) -> None:
         super().__init__()
         config = codec_decoder.config
         self.decoder = codec_decoder
@@ -483,7 +485,6 @@ def _run_polyphase(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, st
     rows, length = steps.shape[0], steps.shape[1]
     out = torch.addmm(bias, steps.reshape(rows * length, -1), matrix)  # [B * T, s * C_out]: (phase, channel)
     return kernels.channels_first(out.view(rows, length, stride, -1))
-
 
 
 def _context(module: Any) -> int:
