@@ -136,3 +136,18 @@ def test_polyphase_gives_samples_channels_first(rows, kernel):
     for out in (kernels.polyphase(x, *weights), _run_polyphase(x, *weights)):
         assert out.shape == (rows, 8, 15)
         assert out.is_contiguous()
+
+
+@torch.inference_mode()
+def test_pointwise_products_of_several_streams_give_each_its_own_bits():
+    """In bfloat16 each stream's 1x1 product is the one it gets alone: a stream's audio must not depend on
+    who else was decoded with it. (One product over all streams' steps is equal here, but through the
+    server on an AMX CPU it changed a bfloat16 stream's samples: test_server_limits' 32 streams caught it.)"""
+    conv = nn.Conv1d(96, 96, 1).to(torch.bfloat16)
+    x = torch.randn(3, 96, 40).to(torch.bfloat16)
+    separate, joined = kernels.GemmConv(conv, together=False), kernels.GemmConv(conv)
+    alone = torch.cat([separate(x[row : row + 1]) for row in range(3)])
+    assert torch.equal(separate(x), alone)
+    assert close(joined(x).float(), alone.float(), rel=2e-2)  # the joined product: equal up to rounding
+    graph = TorchCodec(random_decoder().to(torch.bfloat16)).graph
+    assert not any(gemm.together for gemm in graph._gemms.values())

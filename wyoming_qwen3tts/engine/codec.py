@@ -256,7 +256,7 @@ class CodecGraph(nn.Module):
             ]
             self._snakes = {act: kernels.Snake(act) for act in acts}
         self._gemms = {
-            module: kernels.GemmConv(module.conv)
+            module: kernels.GemmConv(module.conv, together=cpu_kernels)
             for module in [*convs, self._last_conv]
             if isinstance(module.conv, nn.Conv1d)
             and module.conv.groups == 1

@@ -57,7 +57,11 @@ class GemmConv:
     im2col rows (channel, tap) matching the weight's own layout, so no weight is copied.
     """
 
-    def __init__(self, conv: nn.Conv1d) -> None:
+    def __init__(self, conv: nn.Conv1d, together: bool = True) -> None:
+        """together: B streams' steps in one product (the weights read once); False gives each stream the
+        product it has alone, for bfloat16, where a product of another shape rounds differently and a
+        stream's samples would then depend on which others were decoded with it."""
+        self.together = together
         weight = conv.weight.detach()
         self.out_channels, self.in_channels, self.kernel = weight.shape
         self.dilation = int(conv.dilation[0])
@@ -78,7 +82,14 @@ class GemmConv:
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of x; with residual [1, C_out, T] (kernel 1 only) the sum, accumulated into residual."""
         if x.shape[0] > 1:
-            return self._rows(x, residual)
+            if self.together:
+                return self._rows(x, residual)
+            return torch.cat(
+                [
+                    self(x[row : row + 1], None if residual is None else residual[row : row + 1])
+                    for row in range(x.shape[0])
+                ]
+            )
         span = (self.kernel - 1) * self.dilation
         length = x.shape[-1] - span
         inputs = x[0] if x.stride(-1) == 1 else x[0].contiguous()
