@@ -19,7 +19,7 @@ from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
 from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
 from wyoming_qwen3tts.engine.pytorch.quantize import available_kernels
 from wyoming_qwen3tts.engine.pytorch.steps import DecoderStack, KVCache
-from wyoming_qwen3tts.engine.pytorch.traced_steps import TracedViews
+from wyoming_qwen3tts.engine.pytorch.traced_steps import TracedHead, TracedViews
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -199,3 +199,41 @@ def test_warmup_records_every_batch_size_so_requests_that_meet_record_nothing(
         engine.advance([stream for stream in streams if not stream.done])
     assert steps.talker_stack.on_views.failed is None
     assert steps.predictor_stack.on_views.failed is None
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_traced_heads_give_the_eager_heads_logits(tiny_models, tmp_path, quantize):
+    """The talker's and predictor's heads are recorded for one row at load and give the eager head's
+    logits bit for bit; several rows run eagerly and record nothing."""
+    steps = load(tiny_models["custom_voice"], tmp_path, quantize).frame_generator.steps
+    heads = [steps.codec_head, *steps.predictor_heads]
+    assert all(isinstance(head.forward, TracedHead) for head in heads)
+    assert [len(head.forward._recordings) for head in heads] == [2] + [1] * len(steps.predictor_heads)
+    generator = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        for head in heads:
+            eager = type(head).forward
+            shapes = [(1, head.in_features), (3, head.in_features)]
+            if head is steps.codec_head:
+                shapes.append((head.in_features,))  # a prompt's last position
+            for shape in shapes:
+                x = torch.randn(shape, generator=generator)
+                assert torch.equal(head(x), eager(head, x))
+            assert len(head.forward._recordings) == (2 if head is steps.codec_head else 1)
+
+
+def test_heads_stay_eager_and_speak_when_tracing_fails(tiny_models, tmp_path, monkeypatch, caplog):
+    plain = load(tiny_models["custom_voice"], tmp_path, trace=False)
+    voice = plain.voices()[0]
+    expected = torch.stack(list(plain.frames("Good morning.", voice, "english")))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tracing is not available here")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with caplog.at_level(logging.WARNING):
+        engine = load(tiny_models["custom_voice"], tmp_path)
+        got = torch.stack(list(engine.frames("Good morning.", voice, "english")))
+    assert torch.equal(got, expected)
+    assert "tracing is not available here" in engine.frame_generator.steps.codec_head.forward.failed
+    assert any("A head runs untraced" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,8 @@ exactly what the eager step computes (same kernels, same order: tests/test_trace
 recording is then frozen: the weights and sizes it would look up on every replay become constants (a
 third of the nodes; steps 4-6 % faster, and less memory kept).
 
+The heads after the steps (`TracedHead`) are recorded the same way, for one row, at load.
+
 Recordings run with TorchScript's executor optimisations off: they add nothing measurable here, and
 with IPEX loaded its graph passes broke the in-place cache writes from the third call on.
 
@@ -31,7 +33,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -121,6 +123,62 @@ class TracedViews:
         return recording
 
 
+class _HeadModule(nn.Module):
+    """A head's own forward as a module (what the tracer needs for an int8 layer's packed weights), run by
+    its class's forward: the instance's forward is the TracedHead standing in it."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.head).forward(self.head, x)
+
+
+class TracedHead:
+    """Stands in a head's forward (the talker's codec head, a predictor head): its recording for one row,
+    made on the first such call; more rows run eagerly.
+
+    Each head runs once a frame, just after a step has swept the caches, and its few small operations
+    around the int8 product cost as much as the product when Python dispatches them (a frame's 16 heads
+    3.5 against 2.6 ms recorded, AMX Xeon). One row only: the row counts of batches would each need a
+    recording of every head, kept for the life of the process (see the module docstring).
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        self._module = _HeadModule(head)
+        self._recordings: dict[tuple, torch.jit.ScriptModule] = {}
+        self.failed: str | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype)
+        recording = self._recordings.get(key)
+        if recording is None:
+            if self.failed is not None or x.numel() != x.shape[-1]:  # several rows, or tracing given up
+                return self._module(x)
+            recording = self._record(key, x)
+            if recording is None:
+                return self._module(x)
+        with torch.jit.optimized_execution(False):
+            return recording(x)
+
+    def _record(self, key: tuple, x: torch.Tensor) -> torch.jit.ScriptModule | None:
+        def trace() -> torch.jit.ScriptModule:
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")
+                recording = torch.jit.trace(self._module, (x,), check_trace=False, _store_inputs=False)
+                return torch.jit.freeze(recording.eval(), optimize_numerics=False)
+
+        try:
+            recording = _on_a_thread_of_its_own(trace)
+        except Exception as err:
+            self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            _LOGGER.warning("A head runs untraced (slower): tracing failed with %s", self.failed)
+            return None
+        self._recordings[key] = recording
+        return recording
+
+
 def _on_a_thread_of_its_own(record: Callable[[], T]) -> T:
     """record() on a new thread, which the caller waits for: the tracer's notes of the stack then hold
     a few frames, not the caller's whole stack. (torch gives a new thread its set thread count.)"""
@@ -130,9 +188,19 @@ def _on_a_thread_of_its_own(record: Callable[[], T]) -> T:
 
 def trace_steps(steps: TorchSteps) -> str:
     """Put traced one-token steps into both stacks (the talker's alone when another backend runs the
-    predictor); return what happened, for the load log line."""
+    predictor), and traced one-row heads after them; return what happened, for the load log line."""
     steps.talker_stack.on_views = TracedViews(steps.talker_stack)
+    heads = [steps.codec_head]
     if hasattr(steps, "predictor_stack"):
         # A frame's first predictor step takes two tokens: the talker's hidden state and codebook 0.
         steps.predictor_stack.on_views = TracedViews(steps.predictor_stack, max_tokens=2)
+        heads += steps.predictor_heads
+    for head in heads:
+        traced = head.forward = TracedHead(head)
+        # Recorded now, not in a first sentence's frames (the warm-up steps through two predictor groups).
+        rows = [torch.zeros(1, cast(int, head.in_features), dtype=cast(torch.dtype, steps.dtype))]
+        if head is steps.codec_head:
+            rows.append(rows[0][0])  # the talker's head also takes its prompt's last position alone
+        for row in rows:
+            traced(row)
     return "steps traced"
