@@ -95,22 +95,10 @@ class TracedViews:
         """Trace the step on this call's own inputs (it writes the same keys and values the real step
         then writes again)."""
         started = time.monotonic()
-
-        def trace() -> torch.jit.ScriptModule:
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore")  # the deprecation of torch.jit; tracer notes on constants
-                # Not storing the example inputs: they hold the first sentence's caches.
-                recording = torch.jit.trace(
-                    self._module, (x, cos, signed_sin, views), check_trace=False, _store_inputs=False
-                )
-                # Frozen, the weights and sizes the recording looks up on every replay become constants:
-                # a third of the nodes, the same operations on the same tensors.
-                return torch.jit.freeze(recording.eval(), optimize_numerics=False)
-
         try:
-            recording = _on_a_thread_of_its_own(trace)
+            recording = _recorded(self._module, (x, cos, signed_sin, views))
         except Exception as err:  # a torch without torch.jit, or a layer it cannot trace
-            self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            self.failed = _why(err)
             _LOGGER.warning("Steps run untraced (slower): tracing failed with %s", self.failed)
             return None
         self._recordings[key] = recording
@@ -163,20 +151,34 @@ class TracedHead:
             return recording(x)
 
     def _record(self, key: tuple, x: torch.Tensor) -> torch.jit.ScriptModule | None:
-        def trace() -> torch.jit.ScriptModule:
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore")
-                recording = torch.jit.trace(self._module, (x,), check_trace=False, _store_inputs=False)
-                return torch.jit.freeze(recording.eval(), optimize_numerics=False)
-
         try:
-            recording = _on_a_thread_of_its_own(trace)
+            recording = _recorded(self._module, (x,))
         except Exception as err:
-            self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            self.failed = _why(err)
             _LOGGER.warning("A head runs untraced (slower): tracing failed with %s", self.failed)
             return None
         self._recordings[key] = recording
         return recording
+
+
+def _recorded(module: nn.Module, inputs: tuple) -> torch.jit.ScriptModule:
+    """module traced on inputs and frozen, on a thread of its own; raises what tracing raised."""
+
+    def trace() -> torch.jit.ScriptModule:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # the deprecation of torch.jit; tracer notes on constants
+            # Not storing the example inputs: a step's hold the first sentence's caches.
+            recording = torch.jit.trace(module, inputs, check_trace=False, _store_inputs=False)
+            # Frozen, the weights and sizes the recording looks up on every replay become constants:
+            # a third of a step's nodes, the same operations on the same tensors.
+            return torch.jit.freeze(recording.eval(), optimize_numerics=False)
+
+    return _on_a_thread_of_its_own(trace)
+
+
+def _why(err: Exception) -> str:
+    """What tracing raised, in a line for the log."""
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
 
 
 def _on_a_thread_of_its_own(record: Callable[[], T]) -> T:
