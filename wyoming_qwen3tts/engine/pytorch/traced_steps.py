@@ -38,6 +38,7 @@ from typing import TypeVar, cast
 import torch
 from torch import nn
 
+from .quantize import KERNELS
 from .steps import DecoderStack, TorchSteps
 
 _LOGGER = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ def trace_steps(steps: TorchSteps) -> str:
         steps.predictor_stack.on_views = TracedViews(steps.predictor_stack, max_tokens=2)
         heads += steps.predictor_heads
     for head in heads:
+        if not isinstance(head, (nn.Linear, *KERNELS.values())):  # IPEX's layers: left as they are
+            continue
         traced = head.forward = TracedHead(head)
         # Recorded now, not in a first sentence's frames (the warm-up steps through two predictor groups).
         rows = [torch.zeros(1, cast(int, head.in_features), dtype=cast(torch.dtype, steps.dtype))]
