@@ -82,14 +82,10 @@ class GemmConv:
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of x; with residual [1, C_out, T] (kernel 1 only) the sum, accumulated into residual."""
         if x.shape[0] > 1:
-            if self.together:
+            # The few-output-channel conv is one small product per tap: row by row, as it is alone.
+            if self.together and (self.kernel == 1 or self.out_channels > 8):
                 return self._rows(x, residual)
-            return torch.cat(
-                [
-                    self(x[row : row + 1], None if residual is None else residual[row : row + 1])
-                    for row in range(x.shape[0])
-                ]
-            )
+            return self._each_row(x, residual)
         span = (self.kernel - 1) * self.dilation
         length = x.shape[-1] - span
         inputs = x[0] if x.stride(-1) == 1 else x[0].contiguous()
@@ -111,17 +107,19 @@ class GemmConv:
         cols = inputs.as_strided((self.in_channels, self.kernel, length), (stride, self.dilation, 1))
         return torch.addmm(self.bias, self.weight, cols.reshape(-1, length)).unsqueeze(0)
 
+    def _each_row(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """x [B, C_in, context + T] of B streams, each stream's conv computed as it is alone."""
+        return torch.cat(
+            [
+                self(x[row : row + 1], None if residual is None else residual[row : row + 1])
+                for row in range(x.shape[0])
+            ]
+        )
+
     def _rows(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        """x [B, C_in, context + T] of B streams: one product over all their steps (the weights read once)
-        where the conv is a matrix product of the steps; the few-output-channel conv row by row."""
+        """x [B, C_in, context + T] of B streams: one product over all their steps (the weights read once),
+        the conv being a matrix product of the steps."""
         rows = x.shape[0]
-        if self.out_channels <= 8 and self.kernel > 1:
-            return torch.cat(
-                [
-                    self(x[row : row + 1], None if residual is None else residual[row : row + 1])
-                    for row in range(rows)
-                ]
-            )
         span = (self.kernel - 1) * self.dilation
         length = x.shape[-1] - span
         # [B, C_in, T, k]: each step's taps, laid out (channel, tap) as the weight's rows are.
