@@ -19,10 +19,17 @@ COPY wyoming_qwen3tts/ ./wyoming_qwen3tts/
 
 # script/setup installs torch from the PyTorch CPU index (TORCH_INDEX_URL), falling back to the default
 # index where that cannot be reached; TORCH_SPEC may also name a wheel file (e.g. on a build volume).
+# It also builds the int8 kernel (engine/pytorch/int8_kernel.py) into QWEN3TTS_KERNEL_DIR with g++, which
+# is removed again: the image keeps the built kernel, not the compiler.
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
-RUN TORCH_SPEC="${TORCH_SPEC}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" PYTHON=python3 script/setup \
-    && .venv/bin/python -m compileall -q wyoming_qwen3tts
+ENV QWEN3TTS_KERNEL_DIR=/app/kernels
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && TORCH_SPEC="${TORCH_SPEC}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" PYTHON=python3 script/setup \
+    && .venv/bin/python -m compileall -q wyoming_qwen3tts \
+    && apt-get purge -y --auto-remove g++ \
+    && rm -rf /var/lib/apt/lists/*
 
 # The server runs as an unprivileged user that owns only /data (models, downloads, OpenVINO exports).
 RUN groupadd --system --gid 1000 wyoming \

@@ -65,6 +65,7 @@ class BenchmarkSetting:
     huge_pages: bool = True  # --huge-pages (memory.py); False: the model stays on 4 KB pages
     greedy: bool = True  # the codes' argmax (repeatable); False: drawn as the server draws them by default
     codec_thread: bool = True  # --codec-thread (engine/codec_thread.py); False: the codec decodes in turn
+    int8_kernel: str = "auto"  # --int8-kernel (engine/pytorch/quantize.py)
 
     @property
     def backend(self) -> str:
@@ -86,6 +87,7 @@ SETTINGS = {
         BenchmarkSetting("engine-float32-compiled", "engine", "float32", compile=True),
         BenchmarkSetting("engine-bfloat16-compiled", "engine", "bfloat16", compile=True),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
+        BenchmarkSetting("engine-int8-fbgemm", "engine", "auto", "int8", int8_kernel="dynamic"),
         BenchmarkSetting("engine-int8-untraced", "engine", "auto", "int8", trace=False),
         BenchmarkSetting("engine-int8-small-pages", "engine", "auto", "int8", huge_pages=False),
         BenchmarkSetting("engine-int8-sampled", "engine", "auto", "int8", greedy=False),
@@ -248,6 +250,7 @@ def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, thr
             predictor=setting.predictor,
             trace_steps=setting.trace,
             codec_thread=setting.codec_thread,
+            int8_kernel=setting.int8_kernel,
         ),
         openvino=openvino,
     )

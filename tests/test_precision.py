@@ -35,7 +35,8 @@ def reference(tiny_models):
 # (settings, kernel it needs, mean cosine at least, worst cosine at least)
 CASES = [
     ({"dtype": "bfloat16", "quantize": "none"}, None, 0.999, 0.99),
-    ({"dtype": "float32", "quantize": "int8"}, "dynamic", 0.995, 0.97),
+    ({"dtype": "float32", "quantize": "int8", "int8_kernel": "packed"}, "packed", 0.995, 0.97),
+    ({"dtype": "float32", "quantize": "int8", "int8_kernel": "dynamic"}, "dynamic", 0.995, 0.97),
 ]
 
 
@@ -64,8 +65,16 @@ def test_weight_only_int8_kernel_matches_float(tiny_models, reference):
 
 
 def test_auto_precision_follows_the_cpu():
+    built = choose_precision(TorchOptions(), native_bf16=False, kernels=["packed", "dynamic", "weight-only"])
+    assert built == Precision("bfloat16", "float32", "float32", "packed")
     avx2 = choose_precision(TorchOptions(), native_bf16=False, kernels=["dynamic", "weight-only"])
     assert avx2 == Precision("bfloat16", "float32", "float32", "dynamic")
+    pinned = choose_precision(
+        TorchOptions(int8_kernel="dynamic"), native_bf16=False, kernels=["packed", "dynamic"]
+    )
+    assert pinned.int8_kernel == "dynamic"
+    with pytest.raises(ValueError, match="--int8-kernel packed does not run here"):
+        choose_precision(TorchOptions(int8_kernel="packed"), native_bf16=False, kernels=["dynamic"])
     bf16 = choose_precision(TorchOptions(), native_bf16=True, kernels=["dynamic"])
     assert bf16.int8_kernel == "dynamic" and bf16.codec_dtype == "bfloat16"
     plain = choose_precision(TorchOptions(quantize="none"), native_bf16=False, kernels=["dynamic"])

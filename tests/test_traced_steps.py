@@ -24,13 +24,20 @@ from wyoming_qwen3tts.engine.pytorch.traced_steps import TracedHead, TracedViews
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-def load(model_dir, tmp_path, quantize="none", trace=True) -> PyTorchEngine:
-    if quantize == "int8" and "dynamic" not in available_kernels():
-        pytest.skip("this torch build has no dynamic int8 kernel")
+def load(model_dir, tmp_path, quantize="none", trace=True, int8_kernel="auto") -> PyTorchEngine:
+    """quantize "int8" with the first int8 kernel available, or one named (skipped where it cannot run)."""
+    kernels = available_kernels()
+    if quantize == "int8" and (int8_kernel not in kernels if int8_kernel != "auto" else not kernels):
+        pytest.skip(f"int8 kernel {int8_kernel} does not run here")
     options = EngineOptions(greedy=True, warmup=False, max_frames=16, data_dir=tmp_path)
-    return PyTorchEngine(
-        model_dir, options, TorchOptions(dtype="float32", quantize=quantize, trace_steps=trace)
+    torch_options = TorchOptions(
+        dtype="float32", quantize=quantize, trace_steps=trace, int8_kernel=int8_kernel
     )
+    return PyTorchEngine(model_dir, options, torch_options)
+
+
+# The op each int8 kernel's layers run, as a recording holds it.
+INT8_OPS = {"packed": "qwen3tts::int8_linear", "dynamic": "quantized::linear_dynamic"}
 
 
 def filled_cache(stack: DecoderStack, max_len: int, rows: int, seed: int) -> KVCache:
@@ -70,9 +77,11 @@ def eager_and_traced(stack: DecoderStack, step, caches: list[KVCache]):
     return eager, eager_caches, outputs[-1], caches
 
 
-@pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_traced_steps_write_and_return_what_the_eager_steps_do(tiny_models, tmp_path, quantize):
-    steps = load(tiny_models["custom_voice"], tmp_path, quantize).frame_generator.steps
+@pytest.mark.parametrize("kernel", ["none", "packed", "dynamic"])
+def test_traced_steps_write_and_return_what_the_eager_steps_do(tiny_models, tmp_path, kernel):
+    quantize, int8_kernel = ("none", "auto") if kernel == "none" else ("int8", kernel)
+    engine = load(tiny_models["custom_voice"], tmp_path, quantize, int8_kernel=int8_kernel)
+    steps = engine.frame_generator.steps
     talker, predictor = steps.talker_stack, steps.predictor_stack
     width = talker.layers[0].input_norm.width
     inputs = torch.randn(3, 1, width, generator=torch.Generator().manual_seed(1))
@@ -119,7 +128,7 @@ def test_traced_steps_write_and_return_what_the_eager_steps_do(tiny_models, tmp_
     for recording in (*talker.on_views._recordings.values(), *predictor.on_views._recordings.values()):
         kinds = {node.kind() for node in recording.graph.nodes()}
         assert "prim::CallMethod" not in kinds
-        assert ("quantized::linear_dynamic" if quantize == "int8" else "aten::linear") in kinds
+        assert INT8_OPS.get(kernel, "aten::linear") in kinds
 
 
 def test_each_shape_is_recorded_once_whatever_the_position(tiny_models, tmp_path, monkeypatch):
@@ -201,11 +210,14 @@ def test_warmup_records_every_batch_size_so_requests_that_meet_record_nothing(
     assert steps.predictor_stack.on_views.failed is None
 
 
-@pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_traced_heads_give_the_eager_heads_logits(tiny_models, tmp_path, quantize):
+@pytest.mark.parametrize("kernel", ["none", "packed", "dynamic"])
+def test_traced_heads_give_the_eager_heads_logits(tiny_models, tmp_path, kernel):
     """The talker's and predictor's heads are recorded for one row at load and give the eager head's
     logits bit for bit; several rows run eagerly and record nothing."""
-    steps = load(tiny_models["custom_voice"], tmp_path, quantize).frame_generator.steps
+    quantize, int8_kernel = ("none", "auto") if kernel == "none" else ("int8", kernel)
+    steps = load(
+        tiny_models["custom_voice"], tmp_path, quantize, int8_kernel=int8_kernel
+    ).frame_generator.steps
     heads = [steps.codec_head, *steps.predictor_heads]
     assert all(isinstance(head.forward, TracedHead) for head in heads)
     assert [len(head.forward._recordings) for head in heads] == [2] + [1] * len(steps.predictor_heads)

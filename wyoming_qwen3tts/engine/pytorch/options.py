@@ -15,6 +15,8 @@ from ..options import DTYPE
 
 ATTENTIONS = ("sdpa", "eager")
 QUANTIZE = ("auto", "none", "int8")
+# The int8 layers of engine/pytorch/quantize.py; auto: the first this machine runs, in this order.
+INT8_KERNELS = ("auto", "packed", "dynamic", "weight-only")
 # Where the code predictor runs: PyTorch beside the talker, or an OpenVINO export of it in these weights.
 PREDICTORS = ("pytorch", "openvino-int4", "openvino-int8", "openvino-fp16", "openvino-fp32")
 IPEX_TORCH = "2.8."  # intel-extension-for-pytorch 2.8.0, its last release, runs on torch 2.8.x only
@@ -27,6 +29,7 @@ class TorchOptions:
     dtype: str = "auto"  # auto: bfloat16 where the CPU has native bf16, else float32
     attn: str = "sdpa"  # attention implementation while loading
     quantize: str = "auto"  # auto: int8 where this CPU has a fast int8 kernel
+    int8_kernel: str = "auto"  # INT8_KERNELS: which int8 layer, auto the fastest available
     compile: bool = False  # torch.compile the float talker/predictor steps (compiled_steps.py)
     trace_steps: bool = True  # record the one-token steps as TorchScript graphs (traced_steps.py)
     predictor: str = "pytorch"  # PREDICTORS: beside the talker, or an OpenVINO export of it
@@ -60,6 +63,14 @@ TORCH_FLAGS = FlagGroup(
             "kernel",
             choice(QUANTIZE),
             choices=QUANTIZE,
+        ),
+        Flag(
+            "int8_kernel",
+            ("QWEN3TTS_INT8_KERNEL",),
+            "the int8 layers: packed (our own product, built once with g++), dynamic (FBGEMM's), "
+            "weight-only (torch's); auto = the first of these this machine runs",
+            choice(INT8_KERNELS),
+            choices=INT8_KERNELS,
         ),
         Flag(
             "compile",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ...cpu import has_native_bf16
 from .options import TorchOptions
-from .quantize import available_kernels
+from .quantize import FLOAT32_KERNELS, available_kernels
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ def choose_precision(
     if not kernels:
         raise ValueError("--quantize int8: this torch build has no int8 kernel; use --quantize none")
     kernel = kernels[0]
-    # The dynamic kernel computes in float32; load in bfloat16 to halve the peak memory of loading.
-    compute = "float32" if kernel == "dynamic" else dtype
+    if options.int8_kernel != "auto":
+        if options.int8_kernel not in kernels:
+            raise ValueError(
+                f"--int8-kernel {options.int8_kernel} does not run here (available: {', '.join(kernels)}; "
+                "the log says why); use --int8-kernel auto"
+            )
+        kernel = options.int8_kernel
+    # These kernels compute in float32; load in bfloat16 to halve the peak memory of loading.
+    compute = "float32" if kernel in FLOAT32_KERNELS else dtype
     return Precision(load_dtype="bfloat16", compute_dtype=compute, codec_dtype=dtype, int8_kernel=kernel)

@@ -2,8 +2,13 @@
 
 Generating one frame is a chain of one-token matrix-vector products: memory
 bound, so bytes of weight read per step set the pace, and int8 weights read a
-quarter of float32's. Two kernels, chosen by what this torch build has:
+quarter of float32's. Three kernels, the first that this machine runs chosen:
 
+- "packed": our own product (int8_kernel.py, compiled here with g++): each
+  row quantized with its own scale, integer sums exact, so a row's result is
+  bit for bit the same in any batch. It reads the weights as one stream per
+  thread with VNNI dot products (AVX2 without): 0.6-0.7x FBGEMM's time a
+  step (docs/speed.md, "Our own int8 product").
 - "dynamic": int8 weights per output channel, activations quantized on the fly
   (the FBGEMM kernels behind `torch.ops.quantized.linear_dynamic`). Fastest on
   x86 CPUs with AVX2/VNNI. We use the kernels directly, not the deprecated
@@ -27,6 +32,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from . import int8_kernel
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -123,6 +130,34 @@ class DynamicInt8Linear(nn.Module):
         return pinned
 
 
+class PackedInt8Linear(nn.Module):
+    """nn.Linear with int8 weights packed for our own op (int8_kernel.cpp); activations quantized per row."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        int8_kernel.load()  # KernelUnavailable where it cannot be built: available_kernels() skips it
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        qweight, scale = _per_channel_int8(linear.weight)
+        packed, correction = int8_kernel.pack(qweight)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scale", scale)
+        self.register_buffer("correction", correction)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.qwen3tts.int8_linear(
+            x.reshape(-1, self.in_features),
+            self.packed,
+            self.scale,
+            self.correction,
+            self.bias,
+            self.out_features,
+        )
+        out = out.view(*x.shape[:-1], self.out_features)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
 class WeightOnlyInt8Linear(nn.Module):
     """nn.Linear with int8 weights dequantized inside the matmul kernel."""
 
@@ -143,4 +178,6 @@ class WeightOnlyInt8Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-KERNELS = {"dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}
+KERNELS = {"packed": PackedInt8Linear, "dynamic": DynamicInt8Linear, "weight-only": WeightOnlyInt8Linear}
+# Kernels whose activations are float32 whatever the model's compute dtype (precision.py).
+FLOAT32_KERNELS = ("packed", "dynamic")
