@@ -7,8 +7,9 @@ quarter of float32's. Three kernels, the first that this machine runs chosen:
 - "packed": our own product (int8_kernel.py, compiled here with g++): each
   row quantized with its own scale, integer sums exact, so a row's result is
   bit for bit the same in any batch. It reads the weights as one stream per
-  thread with VNNI dot products (AVX2 without): 0.6-0.7x FBGEMM's time a
-  step (docs/speed.md, "Our own int8 product").
+  thread with VNNI dot products (AVX2 without): about half FBGEMM's time a
+  product on one row, a frame 0.85-0.9x (docs/speed.md, "Our own int8
+  product").
 - "dynamic": int8 weights per output channel, activations quantized on the fly
   (the FBGEMM kernels behind `torch.ops.quantized.linear_dynamic`). Fastest on
   x86 CPUs with AVX2/VNNI. We use the kernels directly, not the deprecated
