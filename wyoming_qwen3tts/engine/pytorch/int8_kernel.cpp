@@ -30,8 +30,7 @@ enum Isa : int64_t { SCALAR = 0, AVX2 = 1, AVX_VNNI = 2, AVX512_VNNI = 3 };
 bool cpu_has(int64_t isa) {
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool avx512 = avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
   const bool avx_vnni = avx2 && __builtin_cpu_supports("avxvnni");
   switch (isa) {
     case AVX512_VNNI: return avx512;
@@ -104,13 +103,6 @@ __attribute__((target("avx2,avxvnni"))) inline __m256i dot_vex(__m256i acc, __m2
   return acc;
 }
 
-__attribute__((target("avx512f,avx512vl,avx512vnni"))) inline __m256i dot_evex256(__m256i acc, __m256i x,
-                                                                                  const int8_t* w) {
-  const __m256i weights = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(weights));
-  return acc;
-}
-
 __attribute__((target("avx512f,avx512vnni"))) inline __m512i dot_evex512(__m512i acc, __m512i x, const int8_t* w) {
   const __m512i weights = _mm512_loadu_si512(w);
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(weights));
@@ -138,28 +130,6 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void sums_avx512_vnni(
   for (int g = 0; g < 4; ++g) {
     const __m512i c = _mm512_loadu_si512(corr + 16 * g);
     for (int r = 0; r < R; ++r) _mm512_storeu_si512(out + r * stride + 16 * g, _mm512_sub_epi32(acc[r][g], c));
-  }
-}
-
-// The same in 256-bit vectors, EVEX-encoded (AVX512-VL), for the rows left after blocks of four.
-template <int R>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void sums_avx512_vl(
-    const int8_t* q, int64_t kpad, const int8_t* w, const int32_t* corr, int32_t* out, int64_t stride) {
-  __m256i acc[R][8];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 8; ++g) acc[r][g] = _mm256_setzero_si256();
-  const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x80808080u));
-  for (int64_t i = 0; i < kpad; i += 4, w += GROUP_BYTES) {
-    for (int r = 0; r < R; ++r) {
-      const int32_t four = *reinterpret_cast<const int32_t*>(q + r * kpad + i);
-      const __m256i x = _mm256_xor_si256(_mm256_set1_epi32(four), flip);
-      for (int g = 0; g < 8; ++g) acc[r][g] = dot_evex256(acc[r][g], x, w + 32 * g);
-    }
-  }
-  for (int g = 0; g < 8; ++g) {
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + 8 * g));
-    for (int r = 0; r < R; ++r)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * stride + 8 * g), _mm256_sub_epi32(acc[r][g], c));
   }
 }
 
@@ -216,16 +186,16 @@ void sums_scalar(const int8_t* q, int64_t kpad, const int8_t* w, int32_t* out) {
       for (int j = 0; j < 4; ++j) out[c] += static_cast<int32_t>(q[i + j]) * static_cast<int32_t>(w[c * 4 + j]);
 }
 
-// Rows in blocks that share each weight load: four in 512-bit vectors (32 registers), then two or one in
-// 256-bit ones (16 registers without AVX-512).
+// Rows in blocks that share each weight load: four, two or one with AVX-512 (32 registers), two or one in
+// 256-bit vectors (16 registers).
 void group_sums(int64_t isa, int64_t rows, const int8_t* q, int64_t kpad, const int8_t* w, const int32_t* corr,
                 int32_t* out, int64_t stride) {
   int64_t r = 0;
   switch (isa) {
     case AVX512_VNNI:
       for (; r + 4 <= rows; r += 4) sums_avx512_vnni<4>(q + r * kpad, kpad, w, corr, out + r * stride, stride);
-      for (; r + 2 <= rows; r += 2) sums_avx512_vl<2>(q + r * kpad, kpad, w, corr, out + r * stride, stride);
-      for (; r < rows; ++r) sums_avx512_vl<1>(q + r * kpad, kpad, w, corr, out + r * stride, stride);
+      for (; r + 2 <= rows; r += 2) sums_avx512_vnni<2>(q + r * kpad, kpad, w, corr, out + r * stride, stride);
+      for (; r < rows; ++r) sums_avx512_vnni<1>(q + r * kpad, kpad, w, corr, out + r * stride, stride);
       break;
     case AVX_VNNI:
       for (; r + 2 <= rows; r += 2) sums_avx_vnni<2>(q + r * kpad, kpad, w, corr, out + r * stride, stride);

@@ -158,7 +158,7 @@ def set_isa(name: str) -> str:
 
 def isa_of(flags: frozenset[str]) -> str:
     """The best path for CPUs with these /proc/cpuinfo flags."""
-    if {"avx512_vnni", "avx512bw", "avx512vl"} <= flags:
+    if {"avx512_vnni", "avx512bw"} <= flags:
         return "avx512-vnni"
     if "avx_vnni" in flags:
         return "avx-vnni"
