@@ -8,9 +8,9 @@ from conftest import assert_logits_agree
 
 from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch.engine import PyTorchEngine
-from wyoming_qwen3tts.engine.pytorch.options import TorchOptions
+from wyoming_qwen3tts.engine.pytorch.options import INT8_KERNELS, TorchOptions
 from wyoming_qwen3tts.engine.pytorch.precision import Precision, choose_precision
-from wyoming_qwen3tts.engine.pytorch.quantize import available_kernels
+from wyoming_qwen3tts.engine.pytorch.quantize import KERNELS, available_kernels
 
 TEXT = "Turn on the kitchen light, please."
 FRAMES = 10
@@ -83,3 +83,8 @@ def test_auto_precision_follows_the_cpu():
     assert no_kernel.int8_kernel is None
     with pytest.raises(ValueError, match="no int8 kernel"):
         choose_precision(TorchOptions(quantize="int8"), native_bf16=False, kernels=[])
+
+
+def test_the_int8_kernel_flag_names_every_kernel():
+    """options.py, which imports no torch, lists quantize.py's kernels by name for --int8-kernel."""
+    assert INT8_KERNELS == ("auto", *KERNELS)

@@ -131,7 +131,7 @@ def _loaded() -> Path | KernelUnavailable:
     except (OSError, RuntimeError) as err:  # a library built for another torch, a broken file
         failure = KernelUnavailable(f"loading the int8 kernel failed: {err}")
     else:
-        _LOGGER.info("int8 kernel %s (%s)", path.name, ISAS[int(torch.ops.qwen3tts.int8_isa())])
+        _LOGGER.info("int8 kernel %s (%s)", path, ISAS[int(torch.ops.qwen3tts.int8_isa())])
         return path
     _LOGGER.warning("%s; FBGEMM's int8 layers are used instead (slower: docs/speed.md)", failure)
     return failure
@@ -180,17 +180,11 @@ def pack(qweight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main() -> None:
-    """Build the op now (script/setup does), so that the first start does not wait for it."""
+    """Build the op now (script/setup does), so that the first start does not wait for it. Loading logs
+    where it is and which path it runs, or why it cannot be used (then the exit status is 1)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        load()
-    except KernelUnavailable as err:
-        print(
-            f"int8 kernel not built: {err}\nThe server will use FBGEMM's int8 layers instead.",
-            file=sys.stderr,
-        )
+    if isinstance(_loaded(), KernelUnavailable):
         sys.exit(1)
-    print(f"int8 kernel: {library_path()} ({isa()})")
 
 
 if __name__ == "__main__":
