@@ -22,6 +22,17 @@ namespace {
 
 constexpr int64_t CHANNELS = 64;               // output channels of a packed group
 constexpr int64_t GROUP_BYTES = CHANNELS * 4;  // a group's weights for four inputs
+// Each step asks for the weights this far ahead in the thread's stream: the hardware prefetcher alone left
+// the product at 0.80-0.95x the speed of this (the code predictor's 20 products of a step, one to four
+// rows, every path; AMX Xeon, 2 threads). 2-4 KB measured alike.
+constexpr int64_t PREFETCH_BYTES = 2048;
+
+// The four cache lines of one step's weights, PREFETCH_BYTES on (past a group's end, the next group's,
+// which the thread reads next; a prefetch never faults).
+inline void prefetch_ahead(const int8_t* w) {
+  const char* ahead = reinterpret_cast<const char*>(w) + PREFETCH_BYTES;
+  for (int line = 0; line < GROUP_BYTES; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+}
 
 // The paths, by the instructions they use. The op uses the best path the CPU has, or a lower one set by
 // set_isa (the tests compare them).
@@ -121,6 +132,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void sums_avx512_vnni(
     for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_si512();
   const __m512i flip = _mm512_set1_epi32(static_cast<int>(0x80808080u));
   for (int64_t i = 0; i < kpad; i += 4, w += GROUP_BYTES) {
+    prefetch_ahead(w);
     for (int r = 0; r < R; ++r) {
       const int32_t four = *reinterpret_cast<const int32_t*>(q + r * kpad + i);
       const __m512i x = _mm512_xor_si512(_mm512_set1_epi32(four), flip);
@@ -141,6 +153,7 @@ __attribute__((target("avx2,avxvnni"))) void sums_avx_vnni(
     for (int g = 0; g < 8; ++g) acc[r][g] = _mm256_setzero_si256();
   const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x80808080u));
   for (int64_t i = 0; i < kpad; i += 4, w += GROUP_BYTES) {
+    prefetch_ahead(w);
     for (int r = 0; r < R; ++r) {
       const int32_t four = *reinterpret_cast<const int32_t*>(q + r * kpad + i);
       const __m256i x = _mm256_xor_si256(_mm256_set1_epi32(four), flip);
@@ -164,6 +177,7 @@ __attribute__((target("avx2"))) void sums_avx2(
     for (int g = 0; g < 8; ++g) acc[r][g] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t i = 0; i < kpad; i += 4, w += GROUP_BYTES) {
+    prefetch_ahead(w);
     for (int r = 0; r < R; ++r) {
       const __m256i x = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(q + r * kpad + i));
       const __m256i magnitude = _mm256_abs_epi8(x);
