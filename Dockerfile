@@ -19,8 +19,8 @@ COPY wyoming_qwen3tts/ ./wyoming_qwen3tts/
 
 # script/setup installs torch from the PyTorch CPU index (TORCH_INDEX_URL), falling back to the default
 # index where that cannot be reached; TORCH_SPEC may also name a wheel file (e.g. on a build volume).
-# It also builds the int8 kernel (engine/pytorch/int8_kernel.py) into QWEN3TTS_KERNEL_DIR with g++, which
-# is removed again: the image keeps the built kernel, not the compiler.
+# It also builds our C++ operators (engine/native.py) into QWEN3TTS_KERNEL_DIR with g++, which is removed
+# again: the image keeps the built libraries, not the compiler.
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
 ENV QWEN3TTS_KERNEL_DIR=/app/kernels

@@ -38,17 +38,112 @@ class _Snake(nn.Module):
         return x + (1.0 / (beta + self.no_div_by_zero)) * torch.pow(torch.sin(x * alpha), 2)
 
 
+def _truth(act: _Snake, x: torch.Tensor) -> torch.Tensor:
+    """SnakeBeta of x in float64 (x as given, e.g. already rounded to bfloat16)."""
+    alpha = act.alpha.detach().double().exp()[:, None]
+    beta = act.beta.detach().double().exp()[:, None]
+    return x.double() + torch.sin(x.double() * alpha) ** 2 / (beta + act.no_div_by_zero)
+
+
+def _paths() -> list[str]:
+    """The fused activation's paths this CPU runs, lowest first."""
+    assert kernels.fused_snake(), "script/setup builds the fused activation (engine/native.py)"
+    best = kernels.set_snake_isa("avx512")
+    kernels.set_snake_isa(best)
+    return list(kernels.SNAKE_ISAS[: kernels.SNAKE_ISAS.index(best) + 1])
+
+
 @torch.inference_mode()
-def test_snake_is_upstream_snakebeta_and_writes_into_a_padded_buffer():
+def test_the_unfused_snake_is_upstream_snakebeta_bit_for_bit():
     act = _Snake(96, seed=1)
     x = torch.randn(1, 96, 500)
+    assert torch.equal(kernels.Snake(act, fused=False)(x), act(x))  # the same operations in the same order
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_snake_writes_into_a_padded_buffer_and_leaves_x(dtype):
+    act = _Snake(96, seed=1)
+    x = torch.randn(2, 96, 500).to(dtype)
     kept = x.clone()
     snake = kernels.Snake(act)
-    assert torch.equal(snake(x), act(x))  # the same operations in the same order
-    padded = torch.full((1, 96, 506), 7.0)
+    assert snake.fused
+    alone = snake(x)
+    padded = torch.full((2, 96, 506), 7.0, dtype=dtype)
     snake(x, out=padded[..., 6:])
-    assert torch.equal(padded[..., 6:], act(x)) and bool((padded[..., :6] == 7).all())
+    assert torch.equal(padded[..., 6:], alone) and bool((padded[..., :6] == 7).all())
     assert torch.equal(x, kept)
+
+
+@torch.inference_mode()
+def test_the_fused_snake_is_snakebeta_to_float32_rounding():
+    act = _Snake(96, seed=2)
+    x = 4 * torch.randn(1, 96, 1001)
+    fused = kernels.Snake(act)(x)
+    truth = _truth(act, x)
+    upstream = act(x)
+    assert (fused.double() - truth).abs().max() <= 2 * (upstream.double() - truth).abs().max() + 1e-6
+    assert close(fused, upstream)
+
+
+@torch.inference_mode()
+def test_the_fused_snake_in_bfloat16_rounds_once():
+    """From bfloat16 samples, within one bfloat16 step of the exact result, where the upstream module's five
+    bfloat16 operations stray several."""
+    act = _Snake(96, seed=3).to(torch.bfloat16)
+    x = (2 * torch.randn(1, 96, 1001)).to(torch.bfloat16)
+    fused = kernels.Snake(act)(x)
+    assert fused.dtype == torch.bfloat16
+    truth = _truth(act, x)
+    step = truth.abs().clamp(min=2**-20) * 2**-7  # a bfloat16 step (8 significant bits) at each value
+    assert bool(((fused.double() - truth).abs() <= step).all())
+    rounded = truth.to(torch.bfloat16)  # the exact result, rounded once
+    assert (fused == rounded).float().mean() > 0.99 > 0.9 > (act(x) == rounded).float().mean()
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_path_of_the_fused_snake_gives_the_same_bits(dtype):
+    """Lengths with tails past the vector width; samples beyond the polynomial's range, infinite, NaN."""
+    act = _Snake(24, seed=4)
+    x = 3 * torch.randn(1, 24, 37)
+    x[0, 0, :6] = torch.tensor([1e4, -3e5, float("inf"), float("-inf"), float("nan"), 0.0])
+    x[0, 1, 17] = 2e6
+    x = x.to(dtype)
+    snake = kernels.Snake(act)
+    best = kernels.set_snake_isa("avx512")
+    try:
+        results = {}
+        for path in _paths():
+            kernels.set_snake_isa(path)
+            results[path] = snake(x)
+    finally:
+        kernels.set_snake_isa(best)
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32  # NaN too compared bit for bit
+    first = results["scalar"]
+    for path, out in results.items():
+        assert torch.equal(out.view(bits), first.view(bits)), path
+    truth = _truth(act, x)
+    finite = truth.isfinite()
+    assert bool(torch.isnan(first[~finite & truth.isnan()]).all())
+    assert bool((first.double()[finite] - truth[finite]).abs().le(truth[finite].abs() * 2**-7 + 1e-6).all())
+
+
+def test_the_fused_snake_path_follows_the_cpu_flags():
+    assert kernels.snake_isa_of(frozenset("avx2 fma avx512f avx512dq avx512bw avx512vl".split())) == "avx512"
+    assert kernels.snake_isa_of(frozenset("avx2 fma avx_vnni".split())) == "avx2"  # i5-1240P, N100
+    assert kernels.snake_isa_of(frozenset("sse4_2".split())) == "scalar"
+
+
+def test_without_the_operator_the_codec_runs_the_upstream_operations(monkeypatch, caplog):
+    monkeypatch.setattr(kernels, "loaded", lambda source: kernels.KernelUnavailable("no C++ compiler (g++)"))
+    kernels.fused_snake.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert not kernels.Snake(_Snake(8, seed=5)).fused
+        assert "no C++ compiler (g++); the codec's activations run as PyTorch operations" in caplog.text
+    finally:
+        kernels.fused_snake.cache_clear()
 
 
 @pytest.mark.parametrize(

@@ -187,7 +187,7 @@ class CodecGraph(nn.Module):
     same values up to float rounding, faster in eager PyTorch on the CPU; the exported graph keeps the
     decoder's own modules. pointwise_products runs just the 1x1 convs as matrix products (what TorchCodec
     does in bfloat16 too: oneDNN reorders a 1x1 conv's input and output on every call, which cost more than
-    the conv; the same values).
+    the conv; the same values) and the activations as the fused `Snake` (a rounding apart).
     """
 
     def __init__(
@@ -249,7 +249,7 @@ class CodecGraph(nn.Module):
         self._kernels = cpu_kernels
         self._snakes: dict[Any, kernels.Snake] = {}
         self._gemms: dict[Any, kernels.GemmConv] = {}
-        if cpu_kernels:
+        if cpu_kernels or pointwise_products:
             acts = [self._last_act, *(act for act, _up, _units in self._blocks)]
             acts += [
                 act for _act, _up, units in self._blocks for unit in units for act in (unit.act1, unit.act2)
@@ -319,7 +319,7 @@ class CodecGraph(nn.Module):
         if self._kernels:
             wav = self._snake_conv(self._last_act, self._last_conv, hidden, carried)
         else:
-            wav = self._conv(self._last_conv, _snake(self._last_act, hidden), carried)
+            wav = self._conv(self._last_conv, self._act(self._last_act, hidden), carried)
         return wav.clamp(min=-1, max=1).flatten(1)
 
     def _block(
@@ -333,11 +333,16 @@ class CodecGraph(nn.Module):
                 out = self._snake_conv(unit.act1, unit.conv1, wav, carried)
                 wav = self._snake_conv(unit.act2, unit.conv2, out, carried, residual=wav)
             return wav
-        wav = self._conv(upsample, _snake(act, wav), carried)
+        wav = self._conv(upsample, self._act(act, wav), carried)
         for unit in units:
-            out = self._conv(unit.conv1, _snake(unit.act1, wav), carried)
-            wav = self._conv(unit.conv2, _snake(unit.act2, out), carried).add_(wav)
+            out = self._conv(unit.conv1, self._act(unit.act1, wav), carried)
+            wav = self._conv(unit.conv2, self._act(unit.act2, out), carried).add_(wav)
         return wav
+
+    def _act(self, act: Any, x: torch.Tensor) -> torch.Tensor:
+        """SnakeBeta on x: the fused one where this graph has it (TorchCodec's), else the upstream ops."""
+        snake = self._snakes.get(act)
+        return snake(x) if snake is not None else _snake(act, x)
 
     def _quantized(self, codes: torch.Tensor) -> torch.Tensor:
         """SplitResidualVectorQuantizer.decode: [1, 16, T] codes -> [1, codebook_dim, T], same sums."""

@@ -1,9 +1,9 @@
-"""The codec's layers as eager PyTorch runs them faster on AVX2 (float32): same values up to rounding.
+"""The codec's layers as eager PyTorch runs them faster on the CPU: same values up to rounding.
 
 `CodecGraph(decoder, cpu_kernels=True)` (what `TorchCodec` uses in float32) runs these instead of the
-decoder's modules, `pointwise_products=True` only the 1x1 convs as `GemmConv` (`TorchCodec` in bfloat16);
-the graph exported to OpenVINO keeps the plain modules. Measured on 2 cores of an AVX2
-EPYC at the real 0.6B dimensions (docs/speed.md, "Codec on AVX2"):
+decoder's modules, `pointwise_products=True` only the 1x1 convs as `GemmConv` and the activations as
+`Snake` (`TorchCodec` in bfloat16); the graph exported to OpenVINO keeps the plain modules. Measured on
+2 cores of an AVX2 EPYC at the real 0.6B dimensions (docs/speed.md, "Codec on AVX2"):
 
 - `GemmConv`: a causal conv as one matrix product on its already padded input, where that beats
   oneDNN's conv: 1x1 convs, the 96 -> 1 output conv (one small product per tap), and the convs whose
@@ -11,19 +11,29 @@ EPYC at the real 0.6B dimensions (docs/speed.md, "Codec on AVX2"):
   conv, the pre-conv, the 768-channel units of short chunks). oneDNN reorders its input, weights and output
   on every call; MKL multiplies the weights in place. The long, narrow convs stay with oneDNN, which runs
   them near the matrix peak.
-- `Snake`: SnakeBeta with exp(alpha) and 1 / (exp(beta) + eps) taken once at load instead of on every
-  call, computed in place in the conv input's padded buffer, so the carried left context needs no
-  concatenation (the same operations in the same order: bit-identical to the upstream module).
+- `Snake`: SnakeBeta in one pass of our own operator (snake_kernel.cpp, built by engine/native.py), with
+  exp(alpha) and 1 / (exp(beta) + eps) taken once at load, written into the conv input's padded buffer,
+  so the carried left context needs no concatenation. PyTorch's five passes cost 20 % of the bfloat16
+  codec and 9 % of the float32 one (AMX Xeon, 2 threads); the operator computes in float32 and rounds
+  once, so in bfloat16 it is also nearer the float32 result. Where it cannot be built, the upstream
+  module's operations run (bit-identical to it).
 - `polyphase`: a transposed conv of kernel 2s as two matrix products (current and previous input),
   without concatenating the shifted input.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..cpu import cpu_flags
+from .native import SNAKE, KernelUnavailable, loaded
+
+_LOGGER = logging.getLogger(__name__)
 
 # A conv whose im2col matrix (kernel * C_in * T floats) stays below this runs as one GEMM; larger ones (the
 # narrow, long 96- to 384-channel units of 3 and more frames) are left to oneDNN, which is faster there.
@@ -33,18 +43,57 @@ IM2COL_MAX_ELEMENTS = 1 << 20
 LINEAR_MAX_STEPS = 64
 
 
+# snake_kernel.cpp's paths by the instructions they use (its enum Isa).
+SNAKE_ISAS = ("scalar", "avx2", "avx512")
+
+
+def snake_isa_of(flags: frozenset[str]) -> str:
+    """The fused activation's path for CPUs with these /proc/cpuinfo flags."""
+    if {"avx512f", "avx512dq", "avx512bw"} <= flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "scalar"
+
+
+@functools.lru_cache(maxsize=1)
+def fused_snake() -> bool:
+    """Whether the fused activation runs here (built and loaded once; the log says why not)."""
+    result = loaded(SNAKE)
+    if isinstance(result, KernelUnavailable):
+        _LOGGER.warning("%s; the codec's activations run as PyTorch operations (slower)", result)
+        return False
+    set_snake_isa(snake_isa_of(cpu_flags()))  # where QWEN3TTS_CPU_FLAGS stands in for another CPU
+    return True
+
+
+def set_snake_isa(name: str) -> str:
+    """Run the fused activation on the best path at or below name that the CPU has (tests compare them);
+    returns the one in use before."""
+    return SNAKE_ISAS[int(torch.ops.qwen3tts.snake_set_isa(SNAKE_ISAS.index(name)))]
+
+
 class Snake:
-    """SnakeBeta with its per-channel factors precomputed: `snake(x, out=None)` on x [1, C, T].
+    """SnakeBeta with its per-channel factors precomputed: `snake(x, out=None)` on x [B, C, T].
 
     out (a view of shape x's, e.g. the new part of a padded buffer) receives the result; x is never written.
+    fused=False (or no operator here) runs the upstream module's operations.
     """
 
-    def __init__(self, act: Any) -> None:
+    def __init__(self, act: Any, fused: bool = True) -> None:
         with torch.no_grad():
             self.alpha = act.alpha.detach().exp()[:, None]
             self.inverse_beta = 1.0 / (act.beta.detach().exp()[:, None] + act.no_div_by_zero)
+            # The operator's factors in float32, from the parameters (not from their bfloat16 rounding).
+            self.alpha32 = act.alpha.detach().float().exp().contiguous()
+            self.inverse_beta32 = (1.0 / (act.beta.detach().float().exp() + act.no_div_by_zero)).contiguous()
+        self.fused = fused and fused_snake()
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fused and x.dtype in (torch.float32, torch.bfloat16) and x.stride(-1) == 1:
+            if out is None:
+                out = torch.empty_like(x, memory_format=torch.contiguous_format)
+            if out.stride(-1) == 1:
+                torch.ops.qwen3tts.snake(x, self.alpha32, self.inverse_beta32, out)
+                return out
         wave = torch.mul(x, self.alpha) if out is None else torch.mul(x, self.alpha, out=out)
         return wave.sin_().square_().mul_(self.inverse_beta).add_(x)
 

@@ -285,7 +285,7 @@ int64_t set_isa(int64_t level) {
 
 }  // namespace
 
-TORCH_LIBRARY(qwen3tts, m) {
+TORCH_LIBRARY_FRAGMENT(qwen3tts, m) {
   m.def("int8_linear(Tensor x, Tensor packed, Tensor wscale, Tensor corr, Tensor? bias, int n) -> Tensor");
   m.impl("int8_linear", c10::DispatchKey::CPU, TORCH_FN(linear));
   m.def("int8_isa() -> int", &isa);
