@@ -25,8 +25,6 @@ CHANNELS = 64  # output channels of a packed group (int8_kernel.cpp)
 # int8_kernel.cpp's paths by the instructions they use (its enum Isa).
 ISAS = ("scalar", "avx2", "avx-vnni", "avx512-vnni")
 
-__all__ = ["KernelUnavailable", "isa", "isa_of", "load", "pack", "set_isa"]
-
 
 @functools.lru_cache(maxsize=1)
 def _loaded() -> KernelUnavailable | None:
