@@ -5,7 +5,7 @@ Two sources, each its own library: the int8 product of the talker's and code pre
 source, torch and Python version (`$CXX`, else g++): `script/setup` builds them all
 (`python -m wyoming_qwen3tts.engine.native`), else the first use does (about 10 s each), into
 `$QWEN3TTS_KERNEL_DIR` (default ~/.cache/wyoming-qwen3tts/kernels). Where no compiler is found or a build
-fails, `load()` says why and its caller keeps the plain PyTorch (or FBGEMM) way.
+fails, `loaded()` returns why and its caller keeps the plain PyTorch (or FBGEMM) way.
 """
 
 from __future__ import annotations
