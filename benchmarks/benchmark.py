@@ -62,6 +62,7 @@ class BenchmarkSetting:
     compile: bool = False  # --compile (engine/pytorch/compiled_steps.py); its compiling counts in load s
     predictor: str = "pytorch"  # --predictor: the code predictor on PyTorch or an OpenVINO export of it
     trace: bool = True  # --trace-steps (engine/pytorch/traced_steps.py); False: the steps run eagerly
+    fused: bool = True  # --fused-steps (engine/pytorch/fused_steps.py); False: traced (or eager) steps
     huge_pages: bool = True  # --huge-pages (memory.py); False: the model stays on 4 KB pages
     greedy: bool = True  # the codes' argmax (repeatable); False: drawn as the server draws them by default
     codec_thread: bool = True  # --codec-thread (engine/codec_thread.py); False: the codec decodes in turn
@@ -88,7 +89,8 @@ SETTINGS = {
         BenchmarkSetting("engine-bfloat16-compiled", "engine", "bfloat16", compile=True),
         BenchmarkSetting("engine-int8", "engine", "auto", "int8"),
         BenchmarkSetting("engine-int8-fbgemm", "engine", "auto", "int8", int8_kernel="dynamic"),
-        BenchmarkSetting("engine-int8-untraced", "engine", "auto", "int8", trace=False),
+        BenchmarkSetting("engine-int8-unfused", "engine", "auto", "int8", fused=False),
+        BenchmarkSetting("engine-int8-untraced", "engine", "auto", "int8", trace=False, fused=False),
         BenchmarkSetting("engine-int8-small-pages", "engine", "auto", "int8", huge_pages=False),
         BenchmarkSetting("engine-int8-sampled", "engine", "auto", "int8", greedy=False),
         BenchmarkSetting("engine-int8-codec-in-turn", "engine", "auto", "int8", codec_thread=False),
@@ -249,6 +251,7 @@ def engine_settings(setting: BenchmarkSetting, model_dir: Path, frames: int, thr
             compile=setting.compile,
             predictor=setting.predictor,
             trace_steps=setting.trace,
+            fused_steps=setting.fused,
             codec_thread=setting.codec_thread,
             int8_kernel=setting.int8_kernel,
         ),

@@ -30,8 +30,9 @@ def load(model_dir, tmp_path, quantize="none", trace=True, int8_kernel="auto") -
     if quantize == "int8" and (int8_kernel not in kernels if int8_kernel != "auto" else not kernels):
         pytest.skip(f"int8 kernel {int8_kernel} does not run here")
     options = EngineOptions(greedy=True, warmup=False, max_frames=16, data_dir=tmp_path)
+    # Not fused (fused_steps.py, its own tests): the one-token steps here are the traced ones.
     torch_options = TorchOptions(
-        dtype="float32", quantize=quantize, trace_steps=trace, int8_kernel=int8_kernel
+        dtype="float32", quantize=quantize, trace_steps=trace, int8_kernel=int8_kernel, fused_steps=False
     )
     return PyTorchEngine(model_dir, options, torch_options)
 

@@ -28,6 +28,7 @@ from ..qwen_import import import_qwen_tts
 from ..seams import CloneReference, ModelSteps, ReferenceEncoder
 from ..split_steps import SplitSteps
 from .compiled_steps import compile_if_useful
+from .fused_steps import fuse_steps
 from .options import TorchOptions
 from .precision import Precision, choose_precision
 from .quantize import KERNELS
@@ -156,6 +157,8 @@ class PyTorchEngine(PipelineEngine):
             and torch_steps.talker_stack.one_token == torch_steps.talker_stack.eager_one_token
         ):
             description += f"; {trace_steps(torch_steps)}"  # what --compile compiled stays compiled
+        if torch_options.fused_steps and (fused := fuse_steps(torch_steps)):
+            description += f"; {fused}"
         steps: ModelSteps = torch_steps
         if predictor_export is not None:
             from ..openvino.predictor import load_predictor

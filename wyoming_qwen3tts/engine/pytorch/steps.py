@@ -167,9 +167,10 @@ class DecoderStack:
         half = self.head_dim // 2
         self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
         # The step generation repeats; compiled_steps.py may put a compiled one here, and traced_steps.py
-        # a recorded one in on_views.
+        # a recorded one in on_views; fused_steps.py one call of our own operator for every one-token step.
         self.one_token: OneTokenStep = self.eager_one_token
         self.on_views: ViewsStep = self.eager_on_views
+        self.fused: Any = None  # a fused_steps.FusedStep
 
     def new_cache(self, max_len: int, rows: int = 1) -> KVCache:
         """An uninitialised cache for max_len positions of `rows` sequences that step together."""
@@ -186,6 +187,8 @@ class DecoderStack:
         states."""
         n = x.shape[1]
         if n == 1:
+            if self.fused is not None:
+                return self.fused.one_cache(x, start, cache)
             if x.shape[0] == 1:
                 return self.one_token(x, start, cache.keys, cache.values)
             return self.eager_one_token(x, start, cache.keys, cache.values)
@@ -209,6 +212,8 @@ class DecoderStack:
         The projections and MLPs, which hold the weights, run once for all rows (one read of the
         weights); attention runs row by row on each row's cache.
         """
+        if self.fused is not None:
+            return self.fused.caches(x, starts, caches)
         if len(caches) == 1:
             return self.one_token(x, starts[0], caches[0].keys, caches[0].values)
         rows = x.shape[0]
