@@ -144,8 +144,8 @@ class ServerProcess:
     """`python -m wyoming_qwen3tts` on a loopback port, as a user would start it.
 
     Its output is read as it comes, on a thread (a full pipe would stall the server): `log()` is what it
-    printed so far. A test that fails while a server of its has died gets that server's exit status and
-    the tail of its log in the report (pytest_runtest_makereport below).
+    printed so far. A test that fails gets the tail of each started server's log in its report, and a
+    dead server's exit status (pytest_runtest_makereport below).
     """
 
     started: list[ServerProcess] = []  # every server not yet stopped
@@ -211,13 +211,18 @@ class ServerProcess:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failing test whose server died says so: exit status (a signal names a native crash) and log tail."""
+    """A failing test shows the log tail of every server still started: a server that died says so, with
+    its exit status (a signal names a native crash); one still running, what it last did (a flaky
+    failure is then read from the report, not guessed at)."""
     outcome = yield
     report = outcome.get_result()
     if report.failed:
         for server in list(ServerProcess.started):
             if (death := server.death()) is not None:
                 report.sections.append(("a server of this test died", death))
+            else:
+                tail = server.log()[-4000:]
+                report.sections.append((f"server {server.uri}, still running: its log ends", tail))
 
 
 @contextlib.contextmanager

@@ -148,6 +148,13 @@ def test_the_op_refuses_what_it_cannot_step(engine):
         talker.fused.one_cache(x, talker.cos.shape[0], filled_cache(talker, 4, 1, 1))
     with torch.inference_mode(), pytest.raises(RuntimeError, match="outside its cache"):
         talker.fused.one_cache(x, 4, filled_cache(talker, 4, 1, 1))
+    cache = filled_cache(talker, 4, 1, 1)
+    # A list of weights that is not 15 a layer and a final norm (none at all) is refused, not read.
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="15 a layer"):
+        torch.ops.qwen3tts.int8_step(
+            x[0], [x[0, 0]], [0.0], [2, 1, 2, 2], talker.cos, talker.signed_sin,
+            cache.keys, cache.values, [0], [0], [0], 1.0,
+        )  # fmt: skip
 
 
 def test_float_weights_and_no_fused_steps_keep_the_traced_steps(tiny_models, tmp_path, engine):
