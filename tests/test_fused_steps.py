@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_traced_steps import copied, filled_cache
 
 from wyoming_qwen3tts.engine.options import EngineOptions
 from wyoming_qwen3tts.engine.pytorch import int8_kernel
@@ -38,18 +39,6 @@ def load(model_dir, tmp_path, quantize="int8", fused=True) -> PyTorchEngine:
 @pytest.fixture(scope="module")
 def engine(tiny_models, tmp_path_factory) -> PyTorchEngine:
     return load(tiny_models["custom_voice"], tmp_path_factory.mktemp("fused"))
-
-
-def filled_cache(stack: DecoderStack, max_len: int, rows: int, seed: int) -> KVCache:
-    generator = torch.Generator().manual_seed(seed)
-    cache = stack.new_cache(max_len, rows)
-    for cached in (*cache.keys, *cache.values):
-        cached.copy_(torch.randn(cached.shape, generator=generator))
-    return cache
-
-
-def copied(cache: KVCache) -> KVCache:
-    return KVCache([k.clone() for k in cache.keys], [v.clone() for v in cache.values])
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
