@@ -94,7 +94,7 @@ TORCH_FLAGS = FlagGroup(
             "fused_steps",
             ("QWEN3TTS_FUSED_STEPS",),
             "run each one-token step of the talker and code predictor as one call of our own C++ operator "
-            "where their weights are our packed int8 layers (a frame ~5 %% faster: docs/speed.md); "
+            "where their weights are our packed int8 layers (a frame about a quarter faster: docs/speed.md); "
             "--no-fused-steps runs them traced",
             boolean,
             action=argparse.BooleanOptionalAction,
