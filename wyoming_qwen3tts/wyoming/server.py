@@ -59,7 +59,7 @@ async def serve_wyoming(options: WyomingOptions, service: SpeechService) -> None
     try:
         # Advertise only once the socket accepts connections: a client acts on discovery at once.
         await wait_until_listening(server, serving)
-        stopping = stop_signals()  # after wyoming's own SIGTERM handler, which would cut audio off
+        stopping = stop_signals()  # after wyoming's own SIGTERM handler, which it replaces
         _LOGGER.info("Ready at %s with voices: %s", options.uri, ", ".join(v.name for v in service.voices()))
         if options.zeroconf:
             advertisement = await advertise_server(options, options.zeroconf)
@@ -87,12 +87,26 @@ async def serve_wyoming(options: WyomingOptions, service: SpeechService) -> None
 
 
 def stop_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT (where the loop can take signal handlers)."""
+    """An event set by SIGTERM or SIGINT sent to this process (where it can take signal handlers).
+
+    Python-level handlers, not the loop's add_signal_handler: the loop learns of a signal from a byte the
+    C handler writes to a wakeup socket, and a child forked without exec inherits both. OpenVINO forks
+    dozens of short-lived children from its threads while it converts and compiles, and sends some of
+    them SIGTERM: that child's byte reached the loop and stopped the server (seen in CI). A Python-level
+    handler runs only for a signal this process itself received.
+    """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(stopping.set)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stopping.set)
+        # wyoming's own SIGTERM handler (the loop's) would cut audio off, and is the loop's kind.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signum)
+        with contextlib.suppress(ValueError):  # not the main thread: no signal handlers here
+            signal.signal(signum, stop)
     return stopping
 
 
