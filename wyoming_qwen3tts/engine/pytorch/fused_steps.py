@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .quantize import PackedInt8Linear
-from .steps import DecoderStack, KVCache, StepLayer, TorchSteps
+from .steps import DecoderStack, KVCache, TorchSteps
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class FusedStep:
                 layer.post_norm.weight.contiguous(),
                 layer.qk_norm.weight.reshape(-1).contiguous(),
             ]
-            for linear in _linears(layer):
+            for linear in layer.linears:
                 self._params += [cast(torch.Tensor, getattr(linear, name)) for name in PACKED]
             floors += [float(norm.floor) for norm in (layer.input_norm, layer.post_norm, layer.qk_norm)]
         self._params.append(stack.norm.weight.contiguous())
@@ -101,9 +101,7 @@ def fusable(stack: DecoderStack) -> str | None:
     if stack.dtype != torch.float32:
         return f"compute in {str(stack.dtype).removeprefix('torch.')}, not float32"
     for layer in stack.layers:
-        if not all(
-            isinstance(linear, PackedInt8Linear) and linear.bias is None for linear in _linears(layer)
-        ):
+        if not all(isinstance(linear, PackedInt8Linear) and linear.bias is None for linear in layer.linears):
             return "weights not in our packed int8 layers without bias"
         probe = torch.linspace(-12, 12, 97)
         if not torch.allclose(layer.act.forward(probe), F.silu(probe)):
@@ -111,10 +109,6 @@ def fusable(stack: DecoderStack) -> str | None:
         if layer.qk_norm.weight.shape[0] != layer.q_heads + layer.kv_heads:
             return "q/k norms of an unexpected shape"
     return None
-
-
-def _linears(layer: StepLayer) -> tuple:
-    return (layer.qkv, layer.o, layer.gate_up, layer.down)
 
 
 def fuse_steps(steps: TorchSteps) -> str | None:

@@ -460,7 +460,9 @@ at::Tensor step(const at::Tensor& x_in, const std::vector<at::Tensor>& params, c
   at::Tensor x_out = x_in.clone();
   float* x = x_out.data_ptr<float>();
   std::vector<float> normed(rows * std::max(h, inter)), qkv(rows * qkv_width), attended(rows * q_heads * d);
-  std::vector<float> gate_up(rows * 2 * inter), rotated(d), scores(cos.size(0));
+  // Attention scores for positions 0..pos of a row: as many as the rows' furthest position needs.
+  const int64_t longest = rows == 0 ? 0 : *std::max_element(positions.begin(), positions.end()) + 1;
+  std::vector<float> gate_up(rows * 2 * inter), rotated(d), scores(longest);
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* p = params.data() + l * LAYER_TENSORS;
     for (int64_t r = 0; r < rows; ++r)

@@ -136,6 +136,11 @@ class StepLayer:
             for name in names:
                 setattr(owner, name, _MovedToStepLayer())
 
+    @property
+    def linears(self) -> tuple[nn.Module, ...]:
+        """The layer's four products, in the order they run: q/k/v, o, gate/up, down."""
+        return (self.qkv, self.o, self.gate_up, self.down)
+
 
 class DecoderStack:
     """A stack of qwen-tts decoder layers run step by step with a preallocated KV cache.

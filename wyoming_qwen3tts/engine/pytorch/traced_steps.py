@@ -53,9 +53,7 @@ class _StepModule(nn.Module):
     def __init__(self, stack: DecoderStack) -> None:
         super().__init__()
         self.stack = stack
-        self.linears = nn.ModuleList(
-            linear for layer in stack.layers for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)
-        )
+        self.linears = nn.ModuleList(linear for layer in stack.layers for linear in layer.linears)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, views: list[torch.Tensor]
